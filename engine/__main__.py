@@ -1,0 +1,56 @@
+"""Command line: python -m engine <command> ... (see README.md, "CLI reference")."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from engine.api import EngineError
+
+# Each command lives in engine/cli/<module>.py with add_parser(subparsers) and run(args) -> int.
+COMMANDS = {
+    "generate": "engine.cli.generate",
+    "info": "engine.cli.info",
+    "distill": "engine.cli.distill",
+    "export-onnx": "engine.cli.export_onnx",
+    "bench": "engine.cli.bench",
+    "eval": "engine.cli.eval",
+    "data": "engine.cli.data",
+    "train-teacher": "engine.cli.train_teacher",
+    "train-autoencoder": "engine.cli.train_autoencoder",
+    "train-evaluator": "engine.cli.train_evaluator",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="DMD Studio engine: one-step generation, distillation, export, benchmarks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # command not built yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

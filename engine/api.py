@@ -1,0 +1,75 @@
+"""Public data types of the engine: requests, results, timings and user-facing errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """An error the user can act on; its message is one sentence, shown as is."""
+
+
+class ModelLoadError(EngineError):
+    """A model folder or hub id could not be loaded."""
+
+
+class InvalidRequestError(EngineError):
+    """A generation request has a bad value (strength, steps, image...)."""
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateRequest:
+    """Everything that determines one image; made on the UI thread, never mutated.
+
+    init_image and sketch are HxWx3 uint8 RGB arrays (any size; resized to the model's).
+    teacher_steps > 0 asks for the teacher's DDIM sampler with classifier-free guidance
+    instead of the one-step/few-step student.
+    """
+
+    prompt: str
+    seed: int = 0
+    steps: int = 1  # student steps: 1, 2 or 4 (timesteps from student.json or evenly spaced)
+    init_image: np.ndarray | None = None  # HxWx3 uint8, image to edit (img2img)
+    strength: float = 1.0  # img2img: 0 keeps the init image, 1 ignores it
+    sketch: np.ndarray | None = None  # HxWx3 uint8 line drawing on white
+    teacher_steps: int = 0  # 0: student; N > 0: N-step DDIM teacher with CFG
+    guidance: float = 4.0  # CFG scale for the teacher sampler
+    request_id: int = 0  # set by GenerationService.submit
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Wall-clock milliseconds per stage of one generation."""
+
+    text_ms: float = 0.0
+    encode_ms: float = 0.0  # init image / sketch encoding (0 when cached or unused)
+    unet_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "text_ms": self.text_ms,
+            "encode_ms": self.encode_ms,
+            "unet_ms": self.unet_ms,
+            "decode_ms": self.decode_ms,
+            "total_ms": self.total_ms,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateResult:
+    """One delivered frame, or the error that replaced it."""
+
+    request_id: int
+    image: np.ndarray | None  # HxWx3 uint8 RGB, None when error is set
+    timings: StageTimings = field(default_factory=StageTimings)
+    error: str | None = None
+    backend: str = ""
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
