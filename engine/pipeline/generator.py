@@ -1,0 +1,225 @@
+"""Turns a GenerateRequest into an image over any backend: validation, caches, timings."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.api import GenerateRequest, InvalidRequestError, StageTimings
+from engine.pipeline.sampling import ddim_sample, edit_start, multistep_sample, teacher_start
+from engine.pipeline.schedule import ddim_timesteps, student_timesteps
+from engine.pipeline.text import TextEmbedding
+
+MAX_TEACHER_STEPS = 1000
+
+
+class LruCache:
+    """A small bounded mapping; the least recently used entry goes first."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.entries: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def image_key(image: np.ndarray) -> str:
+    return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+
+
+def to_rgb_array(image: np.ndarray, what: str) -> np.ndarray:
+    """Accept HxW grey, HxWx3 RGB or HxWx4 RGBA uint8 (alpha composited on white)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        raise InvalidRequestError(f"The {what} must be an HxWx3 uint8 image.")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255
+        return (image[:, :, :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    if image.shape[2] != 3:
+        raise InvalidRequestError(f"The {what} must have 3 colour channels.")
+    return image
+
+
+def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 HxWx3 -> (1, 3, size, size) float in [-1, 1]."""
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+    array = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1) / 127.5 - 1
+    return array.unsqueeze(0)
+
+
+def tensor_to_image(images: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [-1, 1] -> HxWx3 uint8."""
+    array = ((images[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return array.permute(1, 2, 0).cpu().numpy()
+
+
+def check_request(request: GenerateRequest) -> None:
+    """Validate every field first, with one-sentence errors (diffusers' check_inputs)."""
+    if not isinstance(request.prompt, str):
+        raise InvalidRequestError("The prompt must be text.")
+    if not 0.0 <= float(request.strength) <= 1.0:
+        raise InvalidRequestError(f"Strength must be between 0 and 1, not {request.strength}.")
+    if not 1 <= int(request.steps) <= 16:
+        raise InvalidRequestError(f"Student steps must be between 1 and 16, not {request.steps}.")
+    if not 0 <= int(request.teacher_steps) <= MAX_TEACHER_STEPS:
+        raise InvalidRequestError(f"Teacher steps must be between 0 and {MAX_TEACHER_STEPS}.")
+    if request.guidance < 0:
+        raise InvalidRequestError(f"Guidance must be zero or positive, not {request.guidance}.")
+
+
+class Generator:
+    """One model on one backend; generate() runs text -> UNet step(s) -> decode."""
+
+    def __init__(self, backend, text_cache_size: int = 256, latent_cache_size: int = 16):
+        self.backend = backend
+        self.schedule = backend.schedule
+        self.text_cache = LruCache(text_cache_size)
+        self.latent_cache = LruCache(latent_cache_size)
+        config = backend.student_config
+        top = self.schedule.num_train_timesteps
+        self.default_timesteps = list(config.get("timesteps") or student_timesteps(1, top))
+        self.edit_timesteps = list(config.get("edit_timesteps") or student_timesteps(4, top))
+
+    @property
+    def is_student(self) -> bool:
+        return bool(self.backend.student_config)
+
+    def timesteps_for(self, steps: int) -> list[int]:
+        if steps == len(self.default_timesteps):
+            return self.default_timesteps
+        if steps == len(self.edit_timesteps):
+            return self.edit_timesteps
+        return student_timesteps(steps, self.schedule.num_train_timesteps)
+
+    # -- stages ----------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> TextEmbedding:
+        cached = self.text_cache.get(prompt)
+        if cached is None:
+            cached = self.backend.encode_text([prompt])
+            self.text_cache.put(prompt, cached)
+        return cached
+
+    def encode_image(self, image: np.ndarray, what: str) -> torch.Tensor:
+        image = to_rgb_array(image, what)
+        key = image_key(image)
+        cached = self.latent_cache.get(key)
+        if cached is None:
+            cached = self.backend.encode_image(image_to_tensor(image, self.backend.image_size))
+            self.latent_cache.put(key, cached)
+        return cached
+
+    def noise_source(self, seed: int):
+        """Seeded CPU noise: the same (seed, shape) gives the same image on every device."""
+        generator = torch.Generator("cpu").manual_seed(int(seed) % (2**63))
+
+        def noise(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator)
+
+        return noise
+
+    def x0_function(self, text: TextEmbedding, conditioning, uncond: TextEmbedding | None = None,
+                    guidance: float = 1.0):
+        """Denoiser returning x0; with uncond, classifier-free guidance (Ho & Salimans 2022)."""
+        schedule, backend = self.schedule, self.backend
+
+        def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            t_batch = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
+            if uncond is None:
+                output = backend.unet(x_t, t_batch, text, conditioning)
+                return schedule.to_x0(output, x_t.to(output.device), t_batch)
+            both = TextEmbedding.cat([uncond, text])
+            x_in = torch.cat([x_t, x_t])
+            cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
+            output = backend.unet(x_in, torch.cat([t_batch, t_batch]), both, cond_in)
+            eps_uncond, eps_text = schedule.to_eps(output, x_in.to(output.device),
+                                                   torch.cat([t_batch, t_batch])).chunk(2)
+            eps = eps_uncond + guidance * (eps_text - eps_uncond)
+            abar = schedule.abar(t_batch, eps)
+            return (x_t.to(eps) - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+        return x0_fn
+
+    # -- the whole request -------------------------------------------------------------------
+    def generate(self, request: GenerateRequest) -> tuple[np.ndarray, StageTimings]:
+        """Run one request; returns the HxWx3 uint8 image and per-stage timings."""
+        check_request(request)
+        backend, sync = self.backend, self.backend.synchronize
+        start = time.perf_counter()
+        text = self.encode_prompt(request.prompt)
+        uncond = self.encode_prompt("") if request.teacher_steps else None
+        sync()
+        text_done = time.perf_counter()
+
+        init_image, strength = request.init_image, float(request.strength)
+        conditioning = None
+        if request.sketch is not None:
+            if backend.conditioning_channels:
+                conditioning = self.encode_image(request.sketch, "sketch")
+            elif init_image is None:
+                init_image = request.sketch  # no sketch channels: edit the sketch (img2img)
+        init_latent = None
+        if init_image is not None and strength < 1.0:
+            init_latent = self.encode_image(init_image, "init image")
+        sync()
+        encode_done = time.perf_counter()
+
+        latents = self.sample_latents(request, text, uncond, conditioning, init_latent, strength)
+        sync()
+        unet_done = time.perf_counter()
+        image = tensor_to_image(backend.decode(latents))
+        end = time.perf_counter()
+        timings = StageTimings(
+            text_ms=(text_done - start) * 1e3,
+            encode_ms=(encode_done - text_done) * 1e3,
+            unet_ms=(unet_done - encode_done) * 1e3,
+            decode_ms=(end - unet_done) * 1e3,
+            total_ms=(end - start) * 1e3,
+        )
+        return image, timings
+
+    def sample_latents(self, request, text, uncond, conditioning, init_latent, strength):
+        backend = self.backend
+        noise = self.noise_source(request.seed)
+        shape = (1, backend.latent_channels, backend.latent_size, backend.latent_size)
+        x_start = noise(shape)
+        top = self.schedule.num_train_timesteps
+        if request.teacher_steps:
+            timesteps = ddim_timesteps(int(request.teacher_steps), top)
+            x0_fn = self.x0_function(text, conditioning, uncond, float(request.guidance))
+            if init_latent is not None:
+                timesteps = timesteps[teacher_start(len(timesteps), strength):]
+                if not timesteps:
+                    return init_latent
+                x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
+                                                  torch.tensor([timesteps[0]]))
+            return ddim_sample(x0_fn, x_start, timesteps, self.schedule)
+        x0_fn = self.x0_function(text, conditioning)
+        timesteps = self.timesteps_for(int(request.steps))
+        if init_latent is not None:
+            timesteps = edit_start(self.edit_timesteps, strength, top)
+            if not timesteps:
+                return init_latent
+            x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
+                                              torch.tensor([timesteps[0]]))
+        return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)

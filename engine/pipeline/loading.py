@@ -1,0 +1,163 @@
+"""Load a diffusers-layout model folder (local path or hub id) into its parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.api import ModelLoadError
+from engine.pipeline.schedule import NoiseSchedule
+from engine.pipeline.text import TextEncoder, load_text_encoder
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
+EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher", "embedded-student": "student"}
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "scheduler/*", "text_encoder/*",
+                "tokenizer/*", "student.json"]
+
+
+@dataclass
+class PipelineParts:
+    """Everything a backend needs to run a model, loaded in one place."""
+
+    model_dir: Path
+    text_encoder: TextEncoder
+    unet: torch.nn.Module  # UNet2DConditionModel
+    vae: torch.nn.Module  # AutoencoderTiny or AutoencoderKL
+    latent_scale: float  # vae.config.scaling_factor
+    schedule: NoiseSchedule
+    image_size: int  # pixels, square
+    latent_channels: int
+    student_config: dict = field(default_factory=dict)  # student.json ({} for a teacher)
+
+    @property
+    def conditioning_channels(self) -> int:
+        """Channels of the conditioning image latent concatenated to the UNet input."""
+        return int(self.unet.config.in_channels) - self.latent_channels
+
+    @property
+    def uses_pooled_text(self) -> bool:
+        return self.unet.config.class_embed_type == "projection"
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+
+def default_model() -> str | None:
+    """The shipped embedded student, else the embedded teacher, else None."""
+    for name in ("student", "teacher"):
+        if (ASSETS_DIR / name / "unet").is_dir():
+            return str(ASSETS_DIR / name)
+    return None
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local folder, an embedded name, or a hub id (downloaded only when online)."""
+    if model in EMBEDDED_NAMES:
+        path = ASSETS_DIR / EMBEDDED_NAMES[model]
+        if not (path / "unet").is_dir():
+            raise ModelLoadError(f"The embedded model {model!r} is not installed in {path}.")
+        return path
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; --model needs a model folder.")
+        return path
+    if not HUB_ID_PATTERN.match(model) or model.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Model folder {model} does not exist.")
+    return download_hub_model(model)
+
+
+def download_hub_model(hub_id: str) -> Path:
+    """Fetch a hub model's diffusers folders into the HF cache (offline: cache only)."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS,
+                                      local_files_only=offline))
+    except Exception as error:  # noqa: BLE001 - any hub failure means the same thing here
+        if offline or "offline" in str(error).lower() or "connect" in str(error).lower():
+            raise ModelLoadError(f"The hub model {hub_id!r} is not available offline; download "
+                                 "it once while online or pass a local folder.") from error
+        raise ModelLoadError(f"Could not fetch the hub model {hub_id!r}: "
+                             f"{str(error).splitlines()[0]}") from error
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path} is not readable JSON: {error}") from error
+
+
+def load_component(model_class, folder: Path, dtype: torch.dtype):
+    try:
+        return model_class.from_pretrained(str(folder), torch_dtype=dtype)
+    except Exception as error:  # noqa: BLE001 - corrupt weights surface as many exception types
+        raise ModelLoadError(f"The weights in {folder} are corrupt or unreadable "
+                             f"({type(error).__name__}).") from error
+
+
+def load_autoencoder(folder: Path, dtype: torch.dtype):
+    """AutoencoderTiny or AutoencoderKL, chosen by vae/config.json's _class_name."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    class_name = read_json(folder / "config.json").get("_class_name", "AutoencoderKL")
+    classes = {"AutoencoderTiny": AutoencoderTiny, "AutoencoderKL": AutoencoderKL}
+    if class_name not in classes:
+        raise ModelLoadError(f"Unsupported autoencoder {class_name!r} in {folder}; use "
+                             "AutoencoderTiny or AutoencoderKL.")
+    return load_component(classes[class_name], folder, dtype)
+
+
+def check_layout(model_dir: Path) -> None:
+    for part in ("unet", "vae", "scheduler"):
+        if not (model_dir / part).is_dir():
+            raise ModelLoadError(f"{model_dir} has no {part}/ folder; a model folder needs the "
+                                 "diffusers layout (unet/, vae/, scheduler/, text encoder).")
+
+
+def load_pipeline(model: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                  unet_dir: Path | None = None) -> PipelineParts:
+    """Load text encoder, UNet, autoencoder, schedule and student.json of a model folder."""
+    from diffusers import UNet2DConditionModel
+
+    model_dir = resolve_model_dir(str(model))
+    check_layout(model_dir)
+    dtype = dtype or torch.float32
+    index = read_json(model_dir / "model_index.json") if (model_dir / "model_index.json").is_file() else {}
+    package = index.get("text_encoder_package")
+    if not (model_dir / "text_encoder").is_dir() and not package:
+        raise ModelLoadError(f"{model_dir} has no text_encoder/ folder and model_index.json "
+                             "names no text_encoder_package.")
+    text_folder = model_dir if (model_dir / "text_encoder").is_dir() else None
+    text_encoder = load_text_encoder(text_folder, package, index.get("text_max_length"),
+                                     device, dtype)
+    unet = load_component(UNet2DConditionModel, unet_dir or model_dir / "unet", dtype)
+    vae = load_autoencoder(model_dir / "vae", dtype)
+    latent_channels = int(vae.config.latent_channels)
+    if unet.config.in_channels < latent_channels:
+        raise ModelLoadError(f"The UNet in {model_dir} takes {unet.config.in_channels} channels, "
+                             f"fewer than the autoencoder's {latent_channels}.")
+    if unet.config.cross_attention_dim != text_encoder.hidden_size:
+        raise ModelLoadError(f"The UNet expects {unet.config.cross_attention_dim}-d text states "
+                             f"but the text encoder gives {text_encoder.hidden_size}-d.")
+    student_path = model_dir / "student.json"
+    return PipelineParts(
+        model_dir=model_dir,
+        text_encoder=text_encoder,
+        unet=unet.to(device).eval().requires_grad_(False),
+        vae=vae.to(device).eval().requires_grad_(False),
+        latent_scale=float(getattr(vae.config, "scaling_factor", 1.0) or 1.0),
+        schedule=NoiseSchedule.from_folder(model_dir / "scheduler"),
+        image_size=int(index.get("image_size") or unet.config.sample_size * 8),
+        latent_channels=latent_channels,
+        student_config=read_json(student_path) if student_path.is_file() else {},
+    )

@@ -1,0 +1,66 @@
+"""Samplers as pure functions over a denoiser callable (k-diffusion style, no I/O).
+
+x0_fn(x_t, t) returns the model's x0 estimate for a batch at integer timestep t.
+noise_fn(shape) returns fresh standard normal noise (seeded by the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from engine.pipeline.schedule import NoiseSchedule, eps_from_x0
+
+X0Fn = Callable[[torch.Tensor, int], torch.Tensor]
+NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+def timestep_tensor(t: int, batch: int) -> torch.Tensor:
+    return torch.full((batch,), int(t), dtype=torch.long)
+
+
+def multistep_sample(x0_fn: X0Fn, x_start: torch.Tensor, timesteps: Sequence[int],
+                     schedule: NoiseSchedule, noise_fn: NoiseFn) -> torch.Tensor:
+    """Few-step consistency-style sampling (DMD2 sec. 4.5): predict x0, re-noise to the next t."""
+    x_t = x_start
+    x0 = x_start
+    for index, t in enumerate(timesteps):
+        x0 = x0_fn(x_t, t)
+        if index + 1 < len(timesteps):
+            next_t = timestep_tensor(timesteps[index + 1], x0.shape[0])
+            x_t = schedule.add_noise(x0, noise_fn(tuple(x0.shape)).to(x0), next_t)
+    return x0
+
+
+def ddim_sample(x0_fn: X0Fn, x_start: torch.Tensor, timesteps: Sequence[int],
+                schedule: NoiseSchedule) -> torch.Tensor:
+    """Deterministic DDIM, eta = 0 (Song et al. 2021, eq. 12)."""
+    x_t = x_start
+    x0 = x_start
+    for index, t in enumerate(timesteps):
+        batch = x_t.shape[0]
+        x0 = x0_fn(x_t, t)
+        if index + 1 == len(timesteps):
+            break
+        abar_t = schedule.abar(timestep_tensor(t, batch), x_t)
+        eps = eps_from_x0(x_t, x0, abar_t)
+        abar_next = schedule.abar(timestep_tensor(timesteps[index + 1], batch), x_t)
+        x_t = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps
+    return x0
+
+
+def edit_start(edit_timesteps: Sequence[int], strength: float,
+               num_train_timesteps: int = 1000) -> list[int]:
+    """The tail of the edit list that img2img (SDEdit, Meng et al. 2022) runs at a strength.
+
+    strength 1 -> the whole list (from pure noise); 0.5 -> entries at or below t=499;
+    an empty list means the input is returned unchanged.
+    """
+    limit = round(strength * num_train_timesteps) - 1
+    return [t for t in edit_timesteps if t <= limit]
+
+
+def teacher_start(steps: int, strength: float) -> int:
+    """Index into an N-step DDIM list where img2img starts: strength 1 -> 0, 0 -> N."""
+    return steps - int(round(steps * strength))

@@ -1,0 +1,126 @@
+"""The live generation worker: a latest-request-wins single-slot mailbox on one thread.
+
+submit() overwrites the pending slot, so a flood of keystrokes never builds a queue; the
+worker runs the newest request and delivers its result only if nothing newer arrived
+meanwhile. Every exception becomes a failed GenerateResult; the thread lives on.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Protocol
+
+from engine.api import EngineError, GenerateRequest, GenerateResult, StageTimings
+
+ResultCallback = Callable[[GenerateResult], None]
+
+
+class ImageGenerator(Protocol):
+    """What the service runs: engine.pipeline.generator.Generator or a test fake."""
+
+    backend: object
+
+    def generate(self, request: GenerateRequest): ...
+
+
+def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto"):
+    """Load a model folder (default: the embedded student) on a backend, warmed up."""
+    from engine.pipeline.generator import Generator
+    from engine.pipeline.loading import default_model
+    from engine.runtime import create_backend
+
+    model = model or default_model()
+    if model is None:
+        raise EngineError("No model given and no embedded model is installed in assets/models.")
+    runtime = create_backend(model, backend, device)
+    runtime.warm_up()
+    return Generator(runtime)
+
+
+class GenerationService:
+    """Owns one worker thread; results go to on_result, called on that worker thread."""
+
+    def __init__(self, generator: ImageGenerator, on_result: ResultCallback):
+        self._generator = generator
+        self._on_result = on_result
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: GenerateRequest | None = None
+        self._latest_id = 0
+        self._closed = False
+        # ids of requests that ran to the end (bounded), for tests and benchmarks
+        self.completed_ids: collections.deque[int] = collections.deque(maxlen=1024)
+        self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def backend_name(self) -> str:
+        return getattr(getattr(self._generator, "backend", None), "name", "")
+
+    @property
+    def device(self) -> str:
+        return getattr(getattr(self._generator, "backend", None), "device", "")
+
+    def submit(self, request: GenerateRequest) -> int:
+        """Replace the pending request with this one; returns its new, increasing id."""
+        with self._lock:
+            if self._closed:
+                raise EngineError("The generation service is closed.")
+            self._latest_id += 1
+            self._pending = dataclasses.replace(request, request_id=self._latest_id)
+            self._wake.notify()
+            return self._latest_id
+
+    def replace_generator(self, generator: ImageGenerator) -> None:
+        """Swap the model (e.g. a fresher student snapshot); takes effect at the next request."""
+        with self._lock:
+            self._generator = generator
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drop the pending request, let the running one finish, join the thread."""
+        with self._lock:
+            self._closed = True
+            self._pending = None
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def _take(self) -> tuple[GenerateRequest | None, ImageGenerator]:
+        with self._lock:
+            while self._pending is None and not self._closed:
+                self._wake.wait()
+            request, self._pending = self._pending, None
+            return request, self._generator
+
+    def _run(self) -> None:
+        while True:
+            request, generator = self._take()
+            if request is None:
+                return
+            result = self._execute(generator, request)
+            with self._lock:
+                self.completed_ids.append(request.request_id)
+                current = request.request_id == self._latest_id and not self._closed
+            if current:
+                try:
+                    self._on_result(result)
+                except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
+                    traceback.print_exc()
+
+    def _execute(self, generator: ImageGenerator, request: GenerateRequest) -> GenerateResult:
+        backend = getattr(generator, "backend", None)
+        names = {"backend": getattr(backend, "name", ""), "device": getattr(backend, "device", "")}
+        try:
+            image, timings = generator.generate(request)
+            return GenerateResult(request.request_id, image, timings, **names)
+        except EngineError as error:
+            message = str(error)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a failed result
+            message = f"{type(error).__name__}: {error}"
+        return GenerateResult(request.request_id, None, StageTimings(), message, **names)
