@@ -64,7 +64,7 @@ def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxWx3 -> (1, 3, size, size) float in [-1, 1]."""
     if image.shape[:2] != (size, size):
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
-    array = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1) / 127.5 - 1
+    array = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     return array.unsqueeze(0)
 
 
@@ -100,10 +100,27 @@ class Generator:
         top = self.schedule.num_train_timesteps
         self.default_timesteps = list(config.get("timesteps") or student_timesteps(1, top))
         self.edit_timesteps = list(config.get("edit_timesteps") or student_timesteps(4, top))
+        self._teacher: Generator | None = None
 
     @property
     def is_student(self) -> bool:
         return bool(self.backend.student_config)
+
+    def teacher(self) -> Generator:
+        """The student's teacher (student.json "teacher"), loaded on first use for compare."""
+        if not self.is_student:
+            return self
+        if self._teacher is None:
+            from engine.runtime import create_backend
+
+            teacher_id = str(self.backend.student_config.get("teacher") or "")
+            if not teacher_id:
+                raise InvalidRequestError("This student's student.json names no teacher to "
+                                          "compare with.")
+            device = "cuda" if str(self.backend.device).startswith("cuda") else "cpu"
+            self._teacher = Generator(create_backend(teacher_id, self.backend.name, device))
+            self._teacher.text_cache = self.text_cache
+        return self._teacher
 
     def timesteps_for(self, steps: int) -> list[int]:
         if steps == len(self.default_timesteps):
@@ -164,6 +181,8 @@ class Generator:
     def generate(self, request: GenerateRequest) -> tuple[np.ndarray, StageTimings]:
         """Run one request; returns the HxWx3 uint8 image and per-stage timings."""
         check_request(request)
+        if request.teacher_steps and self.is_student:
+            return self.teacher().generate(request)
         backend, sync = self.backend, self.backend.synchronize
         start = time.perf_counter()
         text = self.encode_prompt(request.prompt)

@@ -15,7 +15,8 @@ from engine.pipeline.schedule import NoiseSchedule
 from engine.pipeline.text import TextEncoder, load_text_encoder
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
-EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher", "embedded-student": "student"}
+EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher",
+                  "embedded-student": "student"}
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "scheduler/*", "text_encoder/*",
                 "tokenizer/*", "student.json"]
@@ -127,12 +128,15 @@ def check_layout(model_dir: Path) -> None:
 def load_pipeline(model: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
                   unet_dir: Path | None = None) -> PipelineParts:
     """Load text encoder, UNet, autoencoder, schedule and student.json of a model folder."""
+    import diffusers
     from diffusers import UNet2DConditionModel
 
+    diffusers.utils.logging.set_verbosity_error()
     model_dir = resolve_model_dir(str(model))
     check_layout(model_dir)
     dtype = dtype or torch.float32
-    index = read_json(model_dir / "model_index.json") if (model_dir / "model_index.json").is_file() else {}
+    index_path = model_dir / "model_index.json"
+    index = read_json(index_path) if index_path.is_file() else {}
     package = index.get("text_encoder_package")
     if not (model_dir / "text_encoder").is_dir() and not package:
         raise ModelLoadError(f"{model_dir} has no text_encoder/ folder and model_index.json "

@@ -89,7 +89,8 @@ class NoiseSchedule:
             return x0_from_v(x_t, out, abar)
         return out
 
-    def to_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def to_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
+               t: torch.Tensor) -> torch.Tensor:
         """eps from the model output (eps, v or sample), in float32 at least."""
         dtype = torch.promote_types(x_t.dtype, torch.float32)
         out, x_t = model_output.to(dtype), x_t.to(dtype)

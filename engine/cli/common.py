@@ -1,0 +1,30 @@
+"""Arguments and loading shared by the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.api import EngineError
+from engine.pipeline.loading import default_model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model folder, 'embedded-teacher' or a hub id "
+                                        "(default: the shipped embedded student)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="runtime (default torch)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+
+
+def model_or_default(model: str | None) -> str:
+    model = model or default_model()
+    if model is None:
+        raise EngineError("No --model given and no embedded model is installed in assets/models.")
+    return model
+
+
+def load_cli_generator(args: argparse.Namespace):
+    from engine.pipeline.generator import Generator
+    from engine.runtime import create_backend
+
+    return Generator(create_backend(model_or_default(args.model), args.backend, args.device))

@@ -1,0 +1,105 @@
+"""`python -m engine generate`: one image, or a batch from a prompts file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.api import EngineError, GenerateRequest
+from engine.cli.common import add_model_arguments, load_cli_generator
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="generate an image (student 1/2/4 steps, or the teacher with CFG)",
+        description="Generate one image from --prompt, or one per line of --prompts into a "
+                    "folder.",
+    )
+    add_model_arguments(parser)
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the text prompt (may be empty: unconditional)")
+    prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line (batch)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
+                        help="student steps (default 1)")
+    parser.add_argument("--teacher-steps", type=int, default=0, metavar="N",
+                        help="use the N-step DDIM teacher sampler with CFG instead of the student")
+    parser.add_argument("--guidance", type=float, default=4.0,
+                        help="classifier-free guidance scale for --teacher-steps (default 4)")
+    parser.add_argument("--init", type=Path, help="an image to edit (img2img)")
+    parser.add_argument("--strength", type=float, default=0.6,
+                        help="img2img strength in [0, 1]: 0 keeps --init, 1 ignores it "
+                             "(default 0.6)")
+    parser.add_argument("--sketch", type=Path, help="a line sketch that conditions the image")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output PNG (single prompt) or folder (with --prompts)")
+    parser.set_defaults(run=run)
+
+
+def read_image(path: Path | None, what: str) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError as error:
+        raise EngineError(f"The {what} {path} does not exist.") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise EngineError(f"The {what} {path} is not a readable image.") from error
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+def read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EngineError(f"The prompts file {path} is not a readable text file.") from error
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise EngineError(f"The prompts file {path} has no prompts.")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.strength <= 1.0:
+        raise EngineError(f"--strength must be between 0 and 1, not {args.strength}.")
+    if args.teacher_steps < 0:
+        raise EngineError("--teacher-steps must be zero or positive.")
+    init_image = read_image(args.init, "init image")
+    sketch = read_image(args.sketch, "sketch")
+    prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
+    generator = load_cli_generator(args)
+
+    def request_for(prompt: str) -> GenerateRequest:
+        return GenerateRequest(prompt=prompt, seed=args.seed, steps=args.steps,
+                               init_image=init_image, strength=args.strength, sketch=sketch,
+                               teacher_steps=args.teacher_steps, guidance=args.guidance)
+
+    if args.prompts is None:
+        image, timings = generator.generate(request_for(args.prompt))
+        save_png(image, args.out)
+        print(f"wrote {args.out} ({timings.total_ms:.0f} ms)")
+        return 0
+    index = {}
+    for number, prompt in enumerate(prompts):
+        image, _ = generator.generate(request_for(prompt))
+        name = f"{number:04d}.png"
+        save_png(image, args.out / name)
+        index[name] = {"prompt": prompt, "seed": args.seed}
+    temporary = args.out / ".index.json.tmp"
+    temporary.write_text(json.dumps(index, indent=1, ensure_ascii=False))
+    os.replace(temporary, args.out / "index.json")
+    print(f"wrote {len(prompts)} images and index.json to {args.out}")
+    return 0

@@ -1,0 +1,74 @@
+"""`python -m engine info`: what a model folder holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.cli.common import model_or_default
+
+
+def count_parameters(module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def describe(parts, device: str) -> dict:
+    """Components, parameter counts, schedule and conditioning of loaded PipelineParts."""
+    schedule = parts.schedule
+    return {
+        "model_dir": str(parts.model_dir),
+        "device": device,
+        "kind": "student" if parts.student_config else "teacher",
+        "image_size": parts.image_size,
+        "latent": [parts.latent_channels, parts.latent_size, parts.latent_size],
+        "conditioning_channels": parts.conditioning_channels,
+        "pooled_text": parts.uses_pooled_text,
+        "components": {
+            "text_encoder": {"class": type(parts.text_encoder.model).__name__,
+                             "parameters": count_parameters(parts.text_encoder.model),
+                             "max_tokens": parts.text_encoder.max_length},
+            "unet": {"class": type(parts.unet).__name__,
+                     "parameters": count_parameters(parts.unet)},
+            "vae": {"class": type(parts.vae).__name__, "parameters": count_parameters(parts.vae),
+                    "scaling_factor": parts.latent_scale},
+        },
+        "schedule": {"num_train_timesteps": schedule.num_train_timesteps,
+                     "prediction_type": schedule.prediction_type,
+                     "alphas_cumprod_first": float(schedule.alphas_cumprod[0]),
+                     "alphas_cumprod_last": float(schedule.alphas_cumprod[-1])},
+        "student": parts.student_config or None,
+    }
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="show a model's components, sizes and schedule")
+    parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.torch_backend import pick_device
+
+    device = pick_device(args.device)
+    info = describe(load_pipeline(model_or_default(args.model), device=device), device)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"model         {info['model_dir']} ({info['kind']}, {info['image_size']} px)")
+    for name, component in info["components"].items():
+        print(f"{name:<14}{component['class']}, {component['parameters'] / 1e6:.2f}M parameters")
+    latent = "x".join(str(v) for v in info["latent"])
+    print(f"latent        {latent}, {info['conditioning_channels']} conditioning channels, "
+          f"pooled text {info['pooled_text']}")
+    schedule = info["schedule"]
+    print(f"schedule      {schedule['num_train_timesteps']} steps, {schedule['prediction_type']}, "
+          f"alphas_cumprod {schedule['alphas_cumprod_first']:.4f} .. "
+          f"{schedule['alphas_cumprod_last']:.4f}")
+    if info["student"]:
+        print(f"student       timesteps {info['student'].get('timesteps')}, "
+              f"method {info['student'].get('method')}")
+    print(f"device        {device}")
+    return 0

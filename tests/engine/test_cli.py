@@ -1,0 +1,102 @@
+"""The command line as a user runs it: subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run_cli(*args, timeout=120):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_clean_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_help_lists_the_subcommands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("generate", "info"):
+        assert command in result.stdout
+
+
+def test_generate_writes_a_png(tiny_model_dir, tmp_path):
+    out = tmp_path / "apple.png"
+    result = run_cli("generate", "--model", tiny_model_dir, "--prompt", "red apple", "--seed", 3,
+                     "--out", out)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_generate_batch_writes_numbered_files_and_index(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red apple\n\ncat face\nrocket\n")
+    out = tmp_path / "batch"
+    result = run_cli("generate", "--model", tiny_model_dir, "--prompts", prompts, "--seed", 5,
+                     "--out", out)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((out / "index.json").read_text())
+    assert index == {"0000.png": {"prompt": "red apple", "seed": 5},
+                     "0001.png": {"prompt": "cat face", "seed": 5},
+                     "0002.png": {"prompt": "rocket", "seed": 5}}
+    assert sorted(p.name for p in out.glob("*.png")) == ["0000.png", "0001.png", "0002.png"]
+
+
+def test_generate_img2img_and_teacher(tiny_model_dir, tmp_path):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(init)
+    result = run_cli("generate", "--model", tiny_model_dir, "--prompt", "cat", "--init", init,
+                     "--strength", "0.5", "--out", tmp_path / "edit.png")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("generate", "--model", tiny_model_dir, "--prompt", "cat", "--teacher-steps",
+                     "3", "--guidance", "2", "--out", tmp_path / "teacher.png")
+    assert result.returncode == 0 and (tmp_path / "teacher.png").is_file()
+
+
+def test_info_json(tiny_model_dir):
+    result = run_cli("info", "--model", tiny_model_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["components"]["unet"]["class"] == "UNet2DConditionModel"
+    assert info["components"]["unet"]["parameters"] > 0
+    assert info["schedule"]["prediction_type"] == "epsilon"
+    assert info["latent"] == [4, 4, 4] and info["device"] == "cpu"
+
+
+@pytest.mark.parametrize("case", ["missing", "no_unet", "corrupt", "bad_init", "strength",
+                                  "hub_offline"])
+def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path):
+    import shutil
+
+    model, extra = str(tiny_model_dir), []
+    if case == "missing":
+        model, fragment = str(tmp_path / "nope"), "does not exist"
+    elif case == "no_unet":
+        (tmp_path / "empty").mkdir()
+        model, fragment = str(tmp_path / "empty"), "no unet/"
+    elif case == "corrupt":
+        shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+        (tmp_path / "corrupt/unet/diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+        model, fragment = str(tmp_path / "corrupt"), "corrupt"
+    elif case == "bad_init":
+        (tmp_path / "init.png").write_text("this is not an image")
+        extra, fragment = ["--init", str(tmp_path / "init.png")], "not a readable image"
+    elif case == "strength":
+        extra, fragment = ["--init", str(tmp_path / "x.png"), "--strength", "1.5"], "--strength"
+    else:
+        model, fragment = "nobody-here/no-such-model-xyz", "not available offline"
+    result = run_cli("generate", "--model", model, "--prompt", "x", "--out",
+                     tmp_path / "o.png", *extra)
+    assert_clean_error(result, fragment)
+    assert not (tmp_path / "o.png").exists()

@@ -1,0 +1,177 @@
+"""Loading and sampling on tiny random pipelines built offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.api import GenerateRequest, InvalidRequestError, ModelLoadError
+from engine.pipeline.generator import Generator
+from engine.pipeline.loading import load_pipeline
+from engine.pipeline.tiny import build_tiny_pipeline
+from engine.runtime.torch_backend import TorchBackend
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    return Generator(TorchBackend.load(str(tiny_model_dir), "cpu"))
+
+
+def test_round_trip_loads_every_part(tiny_model_dir):
+    parts = load_pipeline(tiny_model_dir)
+    assert parts.image_size == 32 and parts.latent_size == 4 and parts.latent_channels == 4
+    assert parts.conditioning_channels == 0
+    assert parts.schedule.prediction_type == "epsilon"
+    assert type(parts.vae).__name__ == "AutoencoderTiny"
+    assert not parts.student_config
+
+
+def test_generate_shape_dtype_and_range(generator):
+    image, timings = generator.generate(GenerateRequest("red apple", seed=1))
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert timings.unet_ms > 0 and timings.decode_ms > 0
+    assert timings.total_ms >= timings.unet_ms + timings.decode_ms
+
+
+def test_same_seed_same_image_and_different_seed_differs(generator):
+    first, _ = generator.generate(GenerateRequest("red apple", seed=7))
+    again, _ = generator.generate(GenerateRequest("red apple", seed=7))
+    other, _ = generator.generate(GenerateRequest("red apple", seed=8))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first.astype(int) - other).max() > 0
+
+
+def test_one_and_four_steps_differ(generator):
+    one, _ = generator.generate(GenerateRequest("cat", seed=3, steps=1))
+    four, _ = generator.generate(GenerateRequest("cat", seed=3, steps=4))
+    assert one.shape == four.shape
+    assert np.abs(one.astype(int) - four).max() > 0
+
+
+def test_teacher_ddim_with_guidance_runs(generator):
+    image, timings = generator.generate(GenerateRequest("cat", seed=3, teacher_steps=4,
+                                                        guidance=3.0))
+    assert image.shape == (32, 32, 3) and timings.unet_ms > 0
+
+
+def test_img2img_strength_zero_returns_the_autoencoded_input(generator):
+    rng = np.random.default_rng(0)
+    init = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image, _ = generator.generate(GenerateRequest("x", seed=1, init_image=init, strength=0.0))
+    backend = generator.backend
+    from engine.pipeline.generator import image_to_tensor, tensor_to_image
+
+    reconstruction = tensor_to_image(backend.decode(backend.encode_image(image_to_tensor(init,
+                                                                                         32))))
+    np.testing.assert_array_equal(image, reconstruction)
+
+
+def test_img2img_strength_one_ignores_the_input(generator):
+    first = np.zeros((32, 32, 3), np.uint8)
+    second = np.full((32, 32, 3), 255, np.uint8)
+    a, _ = generator.generate(GenerateRequest("x", seed=1, init_image=first, strength=1.0))
+    b, _ = generator.generate(GenerateRequest("x", seed=1, init_image=second, strength=1.0))
+    plain, _ = generator.generate(GenerateRequest("x", seed=1))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, plain)
+
+
+def test_img2img_mid_strength_depends_on_the_input(generator):
+    first = np.zeros((32, 32, 3), np.uint8)
+    second = np.full((32, 32, 3), 255, np.uint8)
+    a, _ = generator.generate(GenerateRequest("x", seed=1, init_image=first, strength=0.5))
+    b, _ = generator.generate(GenerateRequest("x", seed=1, init_image=second, strength=0.5))
+    assert np.abs(a.astype(int) - b).max() > 0
+
+
+def test_eight_channel_unet_with_a_sketch(tiny_sketch_model_dir):
+    generator = Generator(TorchBackend.load(str(tiny_sketch_model_dir), "cpu"))
+    assert generator.backend.conditioning_channels == 4
+    sketch = np.full((64, 48, 3), 255, np.uint8)
+    sketch[10:40, 20:22] = 0
+    with_sketch, _ = generator.generate(GenerateRequest("cat", seed=2, sketch=sketch))
+    without, _ = generator.generate(GenerateRequest("cat", seed=2))
+    assert with_sketch.shape == (32, 32, 3)
+    assert np.abs(with_sketch.astype(int) - without).max() > 0
+    assert len(generator.latent_cache) == 1
+    generator.generate(GenerateRequest("dog", seed=2, sketch=sketch))
+    assert len(generator.latent_cache) == 1  # the sketch latent was reused by content hash
+
+
+def test_autoencoder_kl_and_v_prediction(tmp_path):
+    folder = build_tiny_pipeline(tmp_path / "kl", autoencoder="kl", prediction_type="v_prediction")
+    generator = Generator(TorchBackend.load(str(folder), "cpu"))
+    assert generator.schedule.prediction_type == "v_prediction"
+    assert generator.backend.parts.latent_scale == 0.5
+    image, _ = generator.generate(GenerateRequest("cat", seed=0, steps=2))
+    assert image.shape == (32, 32, 3)
+
+
+def test_student_json_sets_timesteps(tiny_student_dir):
+    generator = Generator(TorchBackend.load(str(tiny_student_dir), "cpu"))
+    assert generator.is_student and generator.default_timesteps == [999]
+    assert generator.timesteps_for(4) == [999, 749, 499, 249]
+
+
+def test_empty_prompt_allowed_and_long_prompt_truncated(generator):
+    image, _ = generator.generate(GenerateRequest("", seed=0))
+    assert image.shape == (32, 32, 3)
+    encoder = generator.backend.parts.text_encoder
+    tokens = encoder.tokenize(["a" * 10_000])["input_ids"]
+    assert tokens.shape == (1, encoder.max_length)
+    long_image, _ = generator.generate(GenerateRequest("word " * 2000, seed=0))
+    assert long_image.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    ({"strength": 1.5}, "Strength"),
+    ({"strength": -0.1}, "Strength"),
+    ({"steps": 0}, "steps"),
+    ({"guidance": -1.0}, "Guidance"),
+    ({"init_image": np.zeros((4, 4), np.float32), "strength": 0.5}, "uint8"),
+])
+def test_bad_requests_are_clear_errors(generator, request_kwargs, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        generator.generate(GenerateRequest("x", **request_kwargs))
+
+
+def test_missing_folder_and_missing_unet(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_pipeline(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no unet/ folder"):
+        load_pipeline(tmp_path / "empty")
+
+
+def test_corrupt_safetensors(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        load_pipeline(folder)
+
+
+def test_unknown_hub_id_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="not available offline"):
+        load_pipeline("nobody-here/no-such-model-xyz")
+
+
+def test_seeded_noise_is_deterministic_per_seed(generator):
+    first = generator.noise_source(5)((1, 4, 4, 4))
+    second = generator.noise_source(5)((1, 4, 4, 4))
+    torch.testing.assert_close(first, second)
+
+
+def test_student_compare_routes_to_the_teacher(tmp_path, tiny_model_dir):
+    folder = build_tiny_pipeline(tmp_path / "student", student_timesteps=[999], seed=1)
+    config = json.loads((folder / "student.json").read_text())
+    config["teacher"] = str(tiny_model_dir)
+    (folder / "student.json").write_text(json.dumps(config))
+    student = Generator(TorchBackend.load(str(folder), "cpu"))
+    teacher = Generator(TorchBackend.load(str(tiny_model_dir), "cpu"))
+    request = GenerateRequest("cat", seed=4, teacher_steps=3, guidance=2.0)
+    np.testing.assert_array_equal(student.generate(request)[0], teacher.generate(request)[0])
