@@ -1,0 +1,165 @@
+"""DistillConfig: every setting of a DMD/DMD2 run, validated early and dumped to config.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from engine.api import EngineError
+
+METHODS = ("dmd", "dmd2")
+STUDENT_STEP_CHOICES = (1, 2, 4)
+REGRESSION_DISTANCES = ("l2", "l1")
+DEVICES = ("auto", "cpu", "cuda")
+PROGRESS_MODES = ("bar", "json", "none")
+# Settings that may change when a run is resumed; every other one must match config.json.
+RESUMABLE_OVERRIDES = ("steps", "progress", "checkpoint_every", "keep_checkpoints",
+                       "sample_every", "log_every", "device")
+
+
+@dataclass
+class DistillConfig:
+    """One distillation run. None means "the method's default" (resolved by resolve())."""
+
+    teacher: str = "embedded"  # "embedded", a local diffusers folder or a hub id
+    out: str = "runs/distill"  # run folder
+    method: str = "dmd2"  # dmd: DM + regression, critic 1:1; dmd2: + TTUR, GAN, multi-step
+    steps: int = 2000  # generator updates
+    batch: int = 16  # student samples per process and step
+    lr: float = 5e-5  # generator and critic learning rate (AdamW)
+    warmup_steps: int = 500  # linear LR warm-up, clamped to steps
+    weight_decay: float = 0.01
+    max_grad_norm: float = 10.0
+    guidance: float = 4.0  # teacher CFG scale of the real score and of regression pairs
+    critic_ratio: int | None = None  # critic updates per generator update (dmd: 1, dmd2: 2)
+    gan_weight: float = 0.0  # generator GAN weight w_g; > 0 turns the GAN on (needs real data)
+    gan_critic_weight: float = 1e-2  # weight of the critic's GAN classification loss
+    regression_weight: float = 0.25  # lambda_reg; 0 turns the regression loss off
+    regression_pairs: int = 256  # cached teacher (noise, prompt, x0) pairs
+    regression_ddim_steps: int = 25  # teacher DDIM steps per pair
+    regression_batch: int | None = None  # pairs per step (default: batch // 4, at least 1)
+    regression_distance: str = "l2"  # latent-space l2 (MSE) or l1
+    student_steps: int = 1  # 1 -> timesteps [999]; 4 -> [999, 749, 499, 249]
+    dm_min_t_fraction: float = 0.02  # DM loss t ~ U{2% .. 98%} of the schedule
+    dm_max_t_fraction: float = 0.98
+    prompts: str | None = None  # text file, one prompt a line (None: default list)
+    real_data: str | None = None  # emoji dataset folder or folder of images (+ .txt captions)
+    seed: int = 0
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # > 0: train a LoRA student of this rank (merged when saved)
+    checkpoint_every: int = 250  # generator steps between checkpoints (and student/ refresh)
+    keep_checkpoints: int = 3
+    sample_every: int = 100  # generator steps between sample grids (0: only at checkpoints)
+    sample_count: int = 8  # images in a sample grid (fixed prompts and seeds)
+    log_every: int = 1
+    progress: str = "bar"  # bar (tqdm), json (one event a line on stdout) or none
+
+    # -- defaults that depend on the method ------------------------------------------------
+    def resolve(self) -> DistillConfig:
+        """Fill method-dependent defaults in place and validate; returns self."""
+        if self.method not in METHODS:
+            raise EngineError(f"Unknown method {self.method!r}; use dmd or dmd2.")
+        if self.critic_ratio is None:
+            self.critic_ratio = 1 if self.method == "dmd" else 2
+        if self.regression_batch is None:
+            self.regression_batch = max(1, self.batch // 4)
+        self.validate()
+        return self
+
+    @property
+    def effective_warmup(self) -> int:
+        return max(0, min(self.warmup_steps, self.steps))
+
+    @property
+    def uses_regression(self) -> bool:
+        return self.regression_weight > 0
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.gan_weight > 0
+
+    def validate(self) -> None:
+        """One-sentence errors for every bad value (diffusers' check_inputs style)."""
+        def positive(name: str, value: float) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise EngineError(f"--{name.replace('_', '-')} must be positive, not {value}.")
+
+        def non_negative(name: str, value: float) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise EngineError(f"--{name.replace('_', '-')} must be zero or positive, "
+                                  f"not {value}.")
+
+        for name in ("steps", "batch", "lr", "max_grad_norm", "critic_ratio", "log_every",
+                     "keep_checkpoints", "checkpoint_every", "regression_ddim_steps",
+                     "regression_batch", "sample_count"):
+            positive(name, getattr(self, name))
+        for name in ("guidance", "gan_weight", "gan_critic_weight", "regression_weight",
+                     "weight_decay", "warmup_steps", "sample_every", "lora_rank"):
+            non_negative(name, getattr(self, name))
+        if self.student_steps not in STUDENT_STEP_CHOICES:
+            raise EngineError(f"--student-steps must be 1, 2 or 4, not {self.student_steps}.")
+        if self.regression_distance not in REGRESSION_DISTANCES:
+            raise EngineError(f"--regression-distance must be l2 or l1, not "
+                              f"{self.regression_distance!r}.")
+        if self.device not in DEVICES:
+            raise EngineError(f"--device must be auto, cpu or cuda, not {self.device!r}.")
+        if self.progress not in PROGRESS_MODES:
+            raise EngineError(f"--progress must be bar, json or none, not {self.progress!r}.")
+        if not 0 <= self.dm_min_t_fraction < self.dm_max_t_fraction <= 1:
+            raise EngineError("The DM timestep range must satisfy 0 <= min < max <= 1.")
+        if self.method == "dmd":
+            if self.critic_ratio != 1:
+                raise EngineError("--critic-ratio above 1 is DMD2's two-time-scale rule; "
+                                  "use --method dmd2.")
+            if self.uses_gan:
+                raise EngineError("The GAN loss is part of DMD2; use --method dmd2.")
+            if self.student_steps != 1:
+                raise EngineError("A multi-step student needs DMD2's backward simulation; "
+                                  "use --method dmd2.")
+        if self.uses_regression and self.regression_pairs < 1:
+            raise EngineError("--regression-pairs must be at least 1 when "
+                              "--regression-weight is above 0.")
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            raise EngineError(f"The prompts file {self.prompts} does not exist.")
+        if self.real_data is not None and not Path(self.real_data).is_dir():
+            raise EngineError(f"The real-data folder {self.real_data} does not exist.")
+
+    # -- JSON --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @classmethod
+    def load(cls, path: Path) -> DistillConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise EngineError(f"{path} is not a readable run config: {error}") from error
+
+    def merged_for_resume(self, saved: DistillConfig, given: set[str]) -> DistillConfig:
+        """The saved config with the allowed overrides from this command line."""
+        for name in sorted(given):
+            if name in RESUMABLE_OVERRIDES or name in ("out",):
+                continue
+            if getattr(self, name) != getattr(saved, name):
+                flag = "--" + name.replace("_", "-")
+                raise EngineError(f"This run was started with {flag} {getattr(saved, name)}; "
+                                  f"drop {flag} to resume it or start a new run with --out.")
+        merged = DistillConfig.from_dict(saved.to_dict())
+        for name in RESUMABLE_OVERRIDES:
+            if name in given:
+                setattr(merged, name, getattr(self, name))
+        merged.out = self.out
+        return merged

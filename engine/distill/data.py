@@ -1,0 +1,155 @@
+"""Training inputs: prompt lists, deterministic per-step randomness, real images for the GAN."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.api import EngineError
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+EMBEDDED_DATA_DIR = REPO_DIR / "data" / "emoji"
+EMBEDDED_TEACHERS = ("embedded", "embedded-teacher")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+GENERIC_PROMPTS = [
+    "a photograph of a red fox in the snow", "a bowl of ramen, studio lighting",
+    "a lighthouse on a cliff at sunset", "a watercolor painting of a sailboat",
+    "a cozy reading nook with a cat", "a bustling night market in the rain",
+    "a portrait of an astronaut, oil painting", "a mountain lake reflecting pine trees",
+    "a vintage red bicycle against a brick wall", "a bowl of fresh strawberries",
+    "a futuristic city skyline at dusk", "a golden retriever puppy on the grass",
+    "an old stone bridge over a river in autumn", "a cup of coffee on a wooden table",
+    "a hot air balloon over green hills", "a macro photo of a dewdrop on a leaf",
+    "a medieval castle in the fog", "a pixel art spaceship", "a sunflower field under blue sky",
+    "a snowy cabin with warm lights", "a colorful parrot on a branch", "a plate of sushi",
+    "a desert with sand dunes at noon", "an owl sitting on a fence at night",
+    "a tropical beach with palm trees", "a steam locomotive in the mountains",
+    "a glass of orange juice with ice", "a robot reading a book", "a koi pond with lilies",
+    "a pencil sketch of an old man", "a dragon made of clouds", "a street in Paris in spring",
+]
+EMOJI_PROMPTS = [
+    "red heart", "grinning face", "rocket", "red apple", "cat face", "dog face", "sun",
+    "crescent moon", "star", "pizza", "birthday cake", "rainbow", "fire", "snowflake",
+    "alarm clock", "house", "car", "tree", "flower", "thumbs up", "smiling face with sunglasses",
+    "ghost", "panda", "banana", "soccer ball", "umbrella", "light bulb", "guitar",
+]
+
+
+# -- prompts ---------------------------------------------------------------------------------
+def read_prompts_file(path: Path) -> list[str]:
+    """One prompt a line (blank lines and lines starting with # ignored), or a JSON list."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".json":
+        prompts = [str(p) for p in json.loads(text)]
+    else:
+        prompts = [line.strip() for line in text.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise EngineError(f"The prompts file {path} holds no prompts.")
+    return prompts
+
+
+def embedded_captions(folder: Path = EMBEDDED_DATA_DIR) -> list[str] | None:
+    """Training-split captions of the emoji dataset (the embedded teacher's data), if built."""
+    captions_path = folder / "captions.json"
+    if not (folder / "manifest.json").is_file() or not captions_path.is_file():
+        return None
+    captions = json.loads(captions_path.read_text())
+    heldout_path = folder / "heldout.npy"
+    if heldout_path.is_file():
+        heldout = np.load(heldout_path)
+        captions = [c for c, held in zip(captions, heldout, strict=False) if not held]
+    return sorted(set(captions)) or None
+
+
+def default_prompts(teacher: str, prompts_file: str | None) -> list[str]:
+    """--prompts FILE, else the emoji captions for the embedded teacher, else a generic list."""
+    if prompts_file:
+        return read_prompts_file(Path(prompts_file))
+    if teacher in EMBEDDED_TEACHERS:
+        return embedded_captions() or list(EMOJI_PROMPTS)
+    return list(GENERIC_PROMPTS)
+
+
+def sample_prompts(prompts: list[str], count: int) -> list[str]:
+    """Fixed, evenly spread prompts for the sample grids."""
+    stride = max(1, len(prompts) // count)
+    return [prompts[(i * stride) % len(prompts)] for i in range(count)]
+
+
+# -- deterministic randomness ----------------------------------------------------------------
+def step_generator(seed: int, step: int, stream: str, rank: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, stream, rank): resumes replay exactly."""
+    digest = hashlib.sha256(f"{seed}:{step}:{stream}:{rank}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def epoch_indices(count: int, batch: int, step: int, seed: int, rank: int, world: int,
+                  stream: str = "prompts") -> list[int]:
+    """Indices for this rank's batch at this step: a fresh permutation per epoch."""
+    per_step = batch * world
+    start = step * per_step + rank * batch
+    orders: dict[int, torch.Tensor] = {}
+    indices = []
+    for position in range(start, start + batch):
+        epoch, offset = divmod(position, count)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(count, generator=step_generator(seed, epoch, stream))
+        indices.append(int(orders[epoch][offset]))
+    return indices
+
+
+# -- real images (GAN) -----------------------------------------------------------------------
+def load_real_images(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """An emoji dataset folder (manifest.json) or image files with same-name .txt captions."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        from engine.embedded.dataset import load_dataset
+
+        dataset = load_dataset(folder)
+        keep = ~np.asarray(dataset.heldout, dtype=bool)
+        captions = [c for c, k in zip(dataset.captions, keep, strict=False) if k]
+        return dataset.images[keep], captions
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EngineError(f"{folder} holds no images (.png, .jpg, .webp) and no manifest.json.")
+    images, captions = [], []
+    for path in files:
+        caption_path = path.with_suffix(".txt")
+        captions.append(caption_path.read_text().strip() if caption_path.is_file() else "")
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+    sizes = {image.shape for image in images}
+    if len(sizes) > 1:
+        side = min(min(image.shape[:2]) for image in images)
+        images = [np.asarray(Image.fromarray(i).resize((side, side), Image.LANCZOS))
+                  for i in images]
+    return np.stack(images), captions
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray, latent_scale: float, image_size: int,
+                  device: torch.device, batch: int = 32, progress=None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> latents * scaling_factor, float32 on the CPU."""
+    import torch.nn.functional as F
+
+    latents = []
+    dtype = next(vae.parameters()).dtype
+    for start in range(0, len(images), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
+        pixels = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
+        if pixels.shape[-1] != image_size:
+            pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        encoded = vae.encode(pixels.to(device, dtype))
+        latent = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+        latents.append(latent.float().cpu() * latent_scale)
+        if progress:
+            progress(min(start + batch, len(images)), len(images))
+    return torch.cat(latents)

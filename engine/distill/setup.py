@@ -1,0 +1,98 @@
+"""Building a run: accelerator, the three networks, optimisers, LR schedules (one stage each)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from engine.api import EngineError
+from engine.distill.config import DistillConfig
+from engine.distill.networks import CriticNetwork, ScoreNetwork, add_lora
+from engine.pipeline.loading import PipelineParts, load_pipeline
+
+
+def make_accelerator(config: DistillConfig):
+    """DDP/FSDP-ready accelerator; bf16 autocast on GPUs that have it, fp32 otherwise."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise EngineError("--device cuda was asked for but no CUDA GPU is visible; use "
+                          "--device cpu or auto.")
+    use_cpu = config.device == "cpu" or not torch.cuda.is_available()
+    mixed_precision = "no"
+    if not use_cpu and torch.cuda.is_bf16_supported():
+        mixed_precision = "bf16"
+    # The generator's GAN term runs the critic but only needs its trunk's gradients; the
+    # trainer adds 0 * output so DDP sees every critic parameter used.
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision,
+                       kwargs_handlers=[ddp_kwargs])
+
+
+def teacher_dtype(device: torch.device) -> torch.dtype:
+    """The frozen teacher (and VAE, text encoder) in bf16 on GPUs that have it, fp16 on older
+    GPUs, fp32 on the CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_teacher(config: DistillConfig, device: torch.device) -> PipelineParts:
+    """The teacher pipeline, frozen; errors (missing unet/, offline hub id) are one line."""
+    parts = load_pipeline(config.teacher, device=str(device), dtype=teacher_dtype(device))
+    prediction_type = parts.schedule.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise EngineError(f"The teacher predicts {prediction_type!r}; distillation supports "
+                          "epsilon and v_prediction teachers.")
+    if parts.student_config:
+        raise EngineError(f"{parts.model_dir} is already a distilled student (student.json); "
+                          "pass the teacher it came from.")
+    return parts
+
+
+@dataclass
+class Networks:
+    teacher: ScoreNetwork  # frozen, low precision on GPU
+    student: ScoreNetwork  # trainable, fp32 master weights
+    critic: CriticNetwork  # trainable fake score (+ GAN head), fp32
+
+
+def build_networks(config: DistillConfig, parts: PipelineParts,
+                   device: torch.device) -> Networks:
+    """Student and critic start as fp32 copies of the teacher UNet (DMD sec. 3.1)."""
+    from diffusers import UNet2DConditionModel
+
+    teacher = ScoreNetwork(parts.unet, parts.latent_channels).eval().requires_grad_(False)
+    unet_dir = parts.model_dir / "unet"
+    student_unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
+    critic_unet = copy.deepcopy(student_unet)
+    if config.lora_rank:
+        add_lora(student_unet, config.lora_rank)
+    if config.gradient_checkpointing:
+        student_unet.enable_gradient_checkpointing()
+        critic_unet.enable_gradient_checkpointing()
+    student = ScoreNetwork(student_unet, parts.latent_channels).to(device).train()
+    critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan).to(device).train()
+    return Networks(teacher, student, critic)
+
+
+def constant_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int):
+    """Constant LR after a linear warm-up of warmup_steps steps (DMD2 sec. 5)."""
+
+    def factor(step: int) -> float:
+        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(parameters, config: DistillConfig) -> torch.optim.Optimizer:
+    """AdamW(0.9, 0.999), weight decay 0.01 (DMD2 sec. 5); generator lr = critic lr."""
+    return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=config.lr,
+                             betas=(0.9, 0.999), weight_decay=config.weight_decay)
+
+
+def trainable_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,366 @@
+"""DMD / DMD2 trainer on HF accelerate: one process, DDP or FSDP with the same code.
+
+One step = one generator update followed by critic_ratio critic updates (DMD2's two-time-
+scale rule; ratio 1 is DMD v1). Every random draw comes from a generator seeded by
+(seed, step, stream, rank), and prompt order is a function of the step, so --resume
+replays exactly; accelerate's save_state also restores optimizers, LR schedules and RNGs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from engine.distill import checkpoint as ckpt
+from engine.distill import setup
+from engine.distill.config import DistillConfig
+from engine.distill.data import (
+    default_prompts,
+    epoch_indices,
+    sample_prompts,
+    step_generator,
+)
+from engine.distill.losses import (
+    CriticDenoisingLoss,
+    DistributionMatchingLoss,
+    GanLoss,
+    RegressionLoss,
+    random_noise_like,
+    random_timesteps,
+)
+from engine.distill.networks import cfg_x0_function, x0_function
+from engine.distill.progress import ProgressReporter
+from engine.distill.run_folder import RunFolder
+from engine.distill.stages import RunAssets, export_student_folder, prepare_assets, sample_grid
+from engine.pipeline.schedule import student_timesteps
+from engine.pipeline.text import TextEmbedding
+
+EDIT_TIMESTEPS = [999, 749, 499, 249]
+
+
+def quiet_libraries() -> None:
+    """No library progress bars or info logs on stdout/stderr (the GUI parses stdout)."""
+    import diffusers
+    import huggingface_hub
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+class DistillTrainer:
+    """Owns the networks, optimisers and run folder of one distillation run."""
+
+    def __init__(self, config: DistillConfig, reporter: ProgressReporter | None = None):
+        quiet_libraries()
+        self.config = config.resolve()
+        self.run = RunFolder(config.out)
+        self.stop_requested = False
+        # 1. accelerator and teacher
+        self.accelerator = setup.make_accelerator(config)
+        self.reporter = reporter or ProgressReporter(config.progress,
+                                                     self.accelerator.is_main_process)
+        self.device = self.accelerator.device
+        self.reporter.stage("loading teacher", 0, 1)
+        self.parts = setup.load_teacher(config, self.device)
+        self.reporter.stage("loading teacher", 1, 1)
+        self.schedule = self.parts.schedule
+        top = self.schedule.num_train_timesteps
+        self.timesteps = student_timesteps(config.student_steps, top)
+        # 2. student and critic (fp32 copies of the teacher), optimisers, schedules
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)  # GAN head and LoRA initialisation (identical on every rank)
+        networks = setup.build_networks(config, self.parts, self.device)
+        self.teacher = networks.teacher
+        generator_optimizer = setup.make_optimizer(networks.student.parameters(), config)
+        critic_optimizer = setup.make_optimizer(networks.critic.parameters(), config)
+        self.generator_lr = setup.constant_with_warmup(generator_optimizer,
+                                                       config.effective_warmup)
+        self.critic_lr = setup.constant_with_warmup(critic_optimizer, config.effective_warmup)
+        # LR schedules are stepped here once per step (accelerate's wrapper would step them
+        # once per process) and registered so save_state/load_state carry them.
+        self.accelerator.register_for_checkpointing(self.generator_lr, self.critic_lr)
+        (self.student, self.critic, self.generator_optimizer,
+         self.critic_optimizer) = self.accelerator.prepare(
+            networks.student, networks.critic, generator_optimizer, critic_optimizer)
+        # 3. losses
+        self.dm_loss = DistributionMatchingLoss(self.schedule, config.dm_min_t_fraction,
+                                                config.dm_max_t_fraction)
+        self.critic_loss = CriticDenoisingLoss(self.schedule)
+        self.regression_loss = RegressionLoss(config.regression_distance)
+        self.gan_loss = GanLoss(config.gan_weight, config.gan_critic_weight)
+        # 4. prompts, unconditional embedding
+        self.prompts = default_prompts(config.teacher, config.prompts)
+        self.uncond = self.encode([""])
+        self.assets: RunAssets | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        return self.parts.text_encoder.encode(prompts).to(self.device, torch.float32)
+
+    def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        size = self.parts.latent_size
+        return (batch, self.parts.latent_channels, size, size)
+
+    def student_x0(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+        with self.accelerator.autocast():
+            output = self.student(x_t, t.to(self.device), text.token_states, text.pooled, None)
+        return self.schedule.to_x0(output, x_t, t)
+
+    def full_t(self, t: int, batch: int) -> torch.Tensor:
+        return torch.full((batch,), int(t), dtype=torch.long)
+
+    # -- student sampling with backward simulation (DMD2 sec. 4.5) ----------------------------
+    def simulate_to(self, index: int, text: TextEmbedding, rng: torch.Generator) -> torch.Tensor:
+        """x_t at timesteps[index], reached by running the student without gradients from
+        pure noise and re-noising each x0 with fresh noise (DMD2 backward simulation)."""
+        batch = text.token_states.shape[0]
+        x_t = torch.randn(self.latent_shape(batch), generator=rng).to(self.device)
+        with torch.no_grad():
+            for position in range(index):
+                x0 = self.student_x0(x_t, self.full_t(self.timesteps[position], batch), text)
+                next_t = self.full_t(self.timesteps[position + 1], batch)
+                x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), next_t)
+        return x_t
+
+    def pick_index(self, shared_rng: torch.Generator) -> int:
+        """The step-list index trained this step, the same on every rank."""
+        return int(torch.randint(0, len(self.timesteps), (1,), generator=shared_rng))
+
+    # -- one generator update ----------------------------------------------------------------
+    def generator_update(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                    TextEmbedding]:
+        """DM loss (+ regression, + GAN) on the student; returns losses, x0 and text."""
+        config, batch = self.config, self.config.batch
+        rng = step_generator(config.seed, step, "generator", self.rank)
+        index = self.pick_index(step_generator(config.seed, step, "shared"))
+        prompt_ids = epoch_indices(len(self.prompts), batch, step, config.seed, self.rank,
+                                   self.world)
+        text = self.encode([self.prompts[i] for i in prompt_ids])
+        x_t = self.simulate_to(index, text, rng)
+        t = self.full_t(self.timesteps[index], batch)
+        # One student forward (DDP: one forward per backward) for the DM batch and the
+        # regression batch (pure noise at t = 999 -> cached teacher x0).
+        x_in, t_in, text_in = x_t, t, text
+        if config.uses_regression:
+            pairs = self.assets.pairs
+            pair_ids = epoch_indices(len(pairs), config.regression_batch, step, config.seed,
+                                     self.rank, self.world, stream="regression")
+            from engine.distill.regression import regression_batch
+
+            reg_noise, reg_text, reg_x0_ref = regression_batch(
+                pairs, pair_ids, self.parts.text_encoder, self.device)
+            x_in = torch.cat([x_t, reg_noise])
+            t_in = torch.cat([t, self.full_t(self.timesteps[0], len(pair_ids))])
+            text_in = TextEmbedding.cat([text, reg_text])
+        x0_all = self.student_x0(x_in, t_in, text_in)
+        x0 = x0_all[:batch]
+        losses: dict[str, torch.Tensor] = {}
+        with self.accelerator.autocast():
+            real_fn = cfg_x0_function(self.teacher, self.schedule, text, self.uncond, None,
+                                      config.guidance)
+            fake_fn = x0_function(self.critic, self.schedule, text, None)
+            losses["dm"] = self.dm_loss(x0, real_fn, fake_fn, rng)
+        total = losses["dm"]
+        if config.uses_regression:
+            losses["regression"] = self.regression_loss(x0_all[batch:], reg_x0_ref)
+            total = total + config.regression_weight * losses["regression"]
+        if config.uses_gan:
+            losses["gan_generator"] = self.generator_gan_loss(x0, text, rng)
+            total = total + losses["gan_generator"]
+        losses["generator"] = total
+        self.optimizer_step(total, self.student, self.generator_optimizer)
+        return losses, x0.detach(), text
+
+    def generator_gan_loss(self, x0: torch.Tensor, text: TextEmbedding,
+                           rng: torch.Generator) -> torch.Tensor:
+        """w_g * softplus(-l_fake) through the critic trunk (DMD2 sec. 4.3); the critic's own
+        gradients from this term are cleared before its next update, so it is not trained."""
+        t = random_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
+        x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), t)
+        with self.accelerator.autocast():
+            output, logits = self.critic(x_t, t.to(self.device), text.token_states, text.pooled,
+                                         None, with_logits=True)
+        # 0 * output keeps every critic parameter in the graph (DDP without unused params).
+        return self.gan_loss.generator_loss(logits) + 0.0 * output.float().mean()
+
+    # -- critic updates ----------------------------------------------------------------------
+    def critic_update(self, step: int, repeat: int, x0: torch.Tensor,
+                      text: TextEmbedding) -> dict[str, torch.Tensor]:
+        """Denoising loss on detached student samples (+ GAN classification, DMD2)."""
+        config = self.config
+        rng = step_generator(config.seed, step, f"critic-{repeat}", self.rank)
+        if repeat > 0:  # TTUR: fresh student samples for the extra critic updates
+            index = self.pick_index(step_generator(config.seed, step, f"shared-{repeat}"))
+            prompt_ids = epoch_indices(len(self.prompts), config.batch,
+                                       step * config.critic_ratio + repeat, config.seed,
+                                       self.rank, self.world, stream="critic-prompts")
+            text = self.encode([self.prompts[i] for i in prompt_ids])
+            with torch.no_grad():
+                x_t = self.simulate_to(index, text, rng)
+                t = self.full_t(self.timesteps[index], config.batch)
+                x0 = self.student_x0(x_t, t, text)
+        x_t, t, target = self.critic_loss.noisy_inputs(x0, rng)
+        losses: dict[str, torch.Tensor] = {}
+        batch = x0.shape[0]
+        if config.uses_gan:
+            real_latents, real_text = self.assets.real_batch(
+                step * config.critic_ratio + repeat, batch, self.rank, self.world, self.encode,
+                config.seed)
+            real_x_t = self.schedule.add_noise(real_latents, random_noise_like(real_latents, rng),
+                                               t)
+            both = TextEmbedding.cat([text, real_text])
+            with self.accelerator.autocast():
+                output, logits = self.critic(torch.cat([x_t, real_x_t]),
+                                             torch.cat([t, t]).to(self.device),
+                                             both.token_states, both.pooled, None,
+                                             with_logits=True)
+            losses["critic_denoise"] = self.critic_loss.loss_from_output(output[:batch], target)
+            losses["gan_critic"] = self.gan_loss.critic_loss(logits[batch:], logits[:batch])
+            total = losses["critic_denoise"] + losses["gan_critic"]
+        else:
+            with self.accelerator.autocast():
+                output, _ = self.critic(x_t, t.to(self.device), text.token_states, text.pooled,
+                                        None)
+            losses["critic_denoise"] = self.critic_loss.loss_from_output(output, target)
+            total = losses["critic_denoise"]
+        self.optimizer_step(total, self.critic, self.critic_optimizer)
+        return losses
+
+    def optimizer_step(self, loss: torch.Tensor, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer) -> None:
+        """Backward, nan_to_num on gradients (EDM), clip to max_grad_norm, AdamW step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                torch.nan_to_num(parameter.grad, nan=0.0, posinf=1e5, neginf=-1e5,
+                                 out=parameter.grad)
+        self.accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        losses, x0, text = self.generator_update(step)
+        for repeat in range(self.config.critic_ratio):
+            critic_losses = self.critic_update(step, repeat, x0, text)
+            if repeat == 0:
+                losses.update(critic_losses)
+        self.last_lr = float(self.generator_lr.get_last_lr()[0])  # the LR this step used
+        self.generator_lr.step()
+        self.critic_lr.step()
+        return losses
+
+    # -- the loop ----------------------------------------------------------------------------
+    def request_stop(self, signum=None, frame=None) -> None:
+        """SIGINT/SIGTERM: finish the current step, save a checkpoint, exit 0."""
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        if self.world > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
+
+    def train(self) -> int:
+        """Run (or resume) to config.steps; returns the last completed step."""
+        config, accelerator, run = self.config, self.accelerator, self.run
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handlers[signum] = signal.signal(signum, self.request_stop)
+        try:
+            return self.train_loop(config, accelerator, run)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    def train_loop(self, config: DistillConfig, accelerator, run: RunFolder) -> int:
+        # 1. run folder, resume point
+        start_step = 0
+        if accelerator.is_main_process:
+            run.create()
+            ckpt.remove_partial(run.checkpoints_dir)
+            config.save(run.config_path)
+        accelerator.wait_for_everyone()
+        latest = ckpt.latest_checkpoint(run.checkpoints_dir)
+        if latest is not None:
+            start_step = ckpt.load_checkpoint(accelerator, latest[1])
+            if accelerator.is_main_process:
+                run.truncate_metrics(start_step)
+        # 2. cached inputs: regression pairs, real latents
+        self.assets = prepare_assets(self)
+        fixed_prompts = sample_prompts(self.prompts, config.sample_count)
+        if start_step == 0 and config.sample_every:
+            self.write_samples(0, fixed_prompts)
+        # 3. steps (the stop flag is agreed on by all ranks after every step)
+        step, saved_step = start_step, (start_step if latest is not None else None)
+        last_log_time, last_log_step = time.perf_counter(), start_step
+        stopping = self.should_stop()
+        while step < config.steps and not stopping:
+            losses = self.train_step(step)
+            step += 1
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                it_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                self.log(step, losses, it_s)
+            stopping = self.should_stop()
+            if config.sample_every and step % config.sample_every == 0:
+                self.write_samples(step, fixed_prompts)
+            if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+                self.save(step, fixed_prompts)
+                saved_step = step
+        # 4. a stop before any step of this process still leaves a checkpoint and student/
+        if saved_step != step:
+            self.save(step, fixed_prompts)
+        self.reporter.done(step, config.steps, str(run.student_dir), stopping)
+        accelerator.wait_for_everyone()
+        return step
+
+    def log(self, step: int, losses: dict[str, torch.Tensor], it_s: float) -> None:
+        values = {}
+        for name, value in losses.items():
+            value = value.detach().float().reshape(1)
+            if self.world > 1:
+                value = self.accelerator.reduce(value, reduction="mean")
+            values[name] = float(value.item())
+        lr = self.last_lr
+        eta = (self.config.steps - step) / it_s if it_s > 0 else float("inf")
+        if self.accelerator.is_main_process:
+            self.run.append_metrics({"step": step, "losses": values, "lr": lr,
+                                     "it_s": round(it_s, 4), "eta_s": round(eta, 1)})
+        self.reporter.progress(step, self.config.steps, values, lr, it_s, eta)
+
+    def write_samples(self, step: int, fixed_prompts: list[str]) -> Path:
+        path = self.run.sample_path(step)
+        sample_grid(self, fixed_prompts, path)  # every rank samples; main writes
+        if self.accelerator.is_main_process:
+            self.reporter.sample(step, str(path))
+        return path
+
+    def save(self, step: int, fixed_prompts: list[str]) -> None:
+        """Checkpoint (atomic, last K kept), then refresh student/ (atomic)."""
+        folder = ckpt.save_checkpoint(self.accelerator, self.run.checkpoints_dir, step,
+                                      self.config.keep_checkpoints)
+        student_json = {
+            "timesteps": self.timesteps, "edit_timesteps": EDIT_TIMESTEPS,
+            "teacher": self.config.teacher, "method": self.config.method,
+            "training_steps": step, "config": self.config.to_dict(), "metrics": {},
+        }
+        export_student_folder(self, student_json)
+        if self.accelerator.is_main_process:
+            self.reporter.checkpoint(step, str(folder), str(self.run.student_dir))

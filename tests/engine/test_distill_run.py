@@ -1,0 +1,212 @@
+"""The distillation trainer and CLI on tiny random teachers: exact resume, progress events,
+SIGTERM, DDP, bad input, v-prediction, LoRA merge."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.distill.config import DistillConfig
+from engine.distill.progress import ProgressReporter
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def real_images_dir(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("real")
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"image{index}.png")
+        (folder / f"image{index}.txt").write_text(f"a red square {index}")
+    return folder
+
+
+def tiny_config(teacher: Path, out: Path, **overrides) -> DistillConfig:
+    values = dict(teacher=str(teacher), out=str(out), steps=2, batch=2, lr=1e-3, warmup_steps=2,
+                  regression_pairs=4, regression_ddim_steps=2, sample_every=0, device="cpu",
+                  progress="none", checkpoint_every=100)
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def run_trainer(config: DistillConfig, stream=None) -> int:
+    from accelerate.state import AcceleratorState
+
+    from engine.distill.trainer import DistillTrainer
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    reporter = ProgressReporter("json", stream=stream) if stream is not None else None
+    return DistillTrainer(config, reporter).train()
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "distill", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- exact resume + progress events ----------------------------------------------------------
+def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, real_images_dir,
+                                                               tmp_path, one_thread):
+    options = dict(method="dmd2", student_steps=4, critic_ratio=2, gan_weight=1e-2,
+                   real_data=str(real_images_dir))
+    straight = tmp_path / "straight"
+    events = io.StringIO()
+    assert run_trainer(tiny_config(tiny_model_dir, straight, steps=4, **options), events) == 4
+    resumed = tmp_path / "resumed"
+    assert run_trainer(tiny_config(tiny_model_dir, resumed, steps=2, **options)) == 2
+    assert run_trainer(tiny_config(tiny_model_dir, resumed, steps=4, **options)) == 4
+
+    for name in ("model.safetensors", "model_1.safetensors"):  # student, critic (+ GAN head)
+        expected = load_file(straight / "checkpoints" / "step-4" / name)
+        actual = load_file(resumed / "checkpoints" / "step-4" / name)
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), key
+    metrics = (resumed / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics]
+    assert steps == [1, 2, 3, 4]
+
+    lines = [json.loads(line) for line in events.getvalue().splitlines()]
+    progress = [e for e in lines if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["total"] == 4
+    assert {"dm", "regression", "gan_generator", "critic_denoise", "gan_critic"} <= set(
+        progress[-1]["losses"])
+    assert all(k in progress[-1] for k in ("lr", "it_s", "eta_s"))
+    assert lines[-1]["event"] == "done" and lines[-1]["step"] == 4
+    assert any(e["event"] == "stage" and e["name"] == "making regression pairs" for e in lines)
+    assert any(e["event"] == "checkpoint" for e in lines)
+
+
+def test_v_prediction_teacher_runs_one_step(tmp_path, one_thread):
+    from engine.pipeline.loading import load_pipeline
+    from engine.pipeline.tiny import build_tiny_pipeline
+
+    teacher = build_tiny_pipeline(tmp_path / "v_teacher", prediction_type="v_prediction")
+    out = tmp_path / "run"
+    assert run_trainer(tiny_config(teacher, out, steps=1, regression_weight=0.0,
+                                   sample_every=1)) == 1
+    assert (out / "samples" / "step-1.png").is_file()
+    student = load_pipeline(out / "student")
+    assert student.schedule.prediction_type == "v_prediction"
+    assert student.student_config["timesteps"] == [999]
+
+
+def test_lora_student_is_merged_into_a_plain_unet(tiny_sketch_model_dir):
+    from diffusers import UNet2DConditionModel
+
+    from engine.distill.networks import add_lora, merged_unet
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sketch_model_dir / "unet"))
+    add_lora(unet, 4)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)  # as if trained
+    plain = merged_unet(unet)
+    assert not any("lora" in key for key in plain.state_dict())
+    x, text = torch.randn(2, 8, 4, 4), torch.randn(2, 16, 32)
+    pooled, t = torch.randn(2, 32), torch.tensor([999, 500])
+    with torch.no_grad():
+        expected = unet(x, t, text, class_labels=pooled).sample
+        actual = plain(x, t, text, class_labels=pooled).sample
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr=-1"], "--lr must be positive"),
+    (["--method", "gan"], "Unknown method"),
+    (["--teacher", "NO_UNET"], "has no unet/ folder"),
+])
+def test_bad_values_fail_with_one_line_and_exit_code_2(tmp_path, tiny_model_dir, flags, message):
+    no_unet = tmp_path / "no_unet"
+    (no_unet / "vae").mkdir(parents=True)
+    flags = [str(no_unet) if flag == "NO_UNET" else flag for flag in flags]
+    if "--teacher" not in flags:
+        flags = ["--teacher", str(tiny_model_dir), *flags]
+    result = run_cli(*flags, "--out", str(tmp_path / "run"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_student(tiny_model_dir, tmp_path):
+    from engine.distill.checkpoint import latest_checkpoint
+    from engine.pipeline.loading import load_pipeline
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "distill", "--teacher", str(tiny_model_dir), "--out",
+         str(out), "--steps", "100000", "--batch", "2", "--regression-weight", "0",
+         "--sample-every", "0", "--progress", "json", "--device", "cpu"],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        for line in process.stdout:
+            if json.loads(line)["event"] == "progress":
+                break
+            assert time.monotonic() < deadline
+        process.send_signal(signal.SIGTERM)
+        remaining, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    events = [json.loads(line) for line in remaining.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["stopped"] is True
+    step, folder = latest_checkpoint(out / "checkpoints")
+    assert step == events[-1]["step"] >= 1
+    assert json.loads((folder / "checkpoint.json").read_text())["step"] == step
+    student = load_pipeline(out / "student")
+    assert student.student_config["training_steps"] == step
+    assert student.unet.dtype == torch.float32  # loaded as asked; stored in fp16
+    assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_ddp_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), "-m", "engine", "distill",
+               "--teacher", str(tiny_model_dir), "--out", str(out), "--steps", "2",
+               "--batch", "2", "--regression-weight", "0", "--student-steps", "4",
+               "--sample-every", "0", "--progress", "json", "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2]  # rank 0 only
+    checkpoint = out / "checkpoints" / "step-2"
+    assert (checkpoint / "random_states_0.pkl").is_file()
+    assert (checkpoint / "random_states_1.pkl").is_file()
+    assert (out / "student" / "unet").is_dir()
