@@ -31,7 +31,7 @@ def random_noise_like(x: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 class DistributionMatchingLoss:
-    """Generator-side distribution matching loss (DMD eq. 7-8; DMD2 sec. 3).
+    """Generator-side distribution matching loss (DMD: KL gradient = fake minus real score).
 
     The gradient of the reverse KL between the student's and the data distribution is
     (x0_fake - x0_real) in x0 space, normalised per sample by mean |x0 - x0_real|. The
@@ -71,7 +71,7 @@ class DistributionMatchingLoss:
 
 
 class CriticDenoisingLoss:
-    """Fake-score (critic) denoising loss on detached student samples (DMD eq. 6).
+    """Critic (fake score) denoising loss on detached student samples (DMD, fake-score update).
 
     t ~ U{0 .. T-1}; the target is in the teacher's parameterisation (eps for epsilon
     teachers, v for v-prediction, x0 for sample), so the critic stays a copy of the teacher.
@@ -110,7 +110,7 @@ class CriticDenoisingLoss:
 
 
 class RegressionLoss:
-    """Regression on cached teacher pairs (DMD eq. 9), in latent space.
+    """DMD regression loss on cached teacher noise-image pairs, in latent space.
 
     The paper uses LPIPS; LPIPS needs pretrained VGG/AlexNet weights that cannot be fetched
     offline, and it is defined on decoded pixels (a VAE decode per step). A latent L2 (or L1)
