@@ -1,0 +1,136 @@
+"""Qt side of the engine: results re-emitted on the UI thread, models loaded off it.
+
+GenerationService calls its on_result callback on the worker thread; LiveEngine turns
+that call into a queued Qt signal so widgets are only ever touched on the UI thread
+(napari's slicer pattern). ModelLoadJob runs engine.service.load_generator in a QThread.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+from engine.api import EngineError, GenerateRequest, GenerateResult
+from engine.service import GenerationService
+
+GeneratorLoader = Callable[[str | None, str, str], object]
+
+
+def default_loader(model: str | None, backend: str, device: str = "auto"):
+    """engine.service.load_generator, imported lazily (it pulls in torch)."""
+    from engine.service import load_generator
+
+    return load_generator(model, backend, device)
+
+
+def error_text(error: BaseException) -> str:
+    """One line for the user: EngineError messages as is, others with their type."""
+    if isinstance(error, EngineError):
+        return str(error)
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
+class LiveEngine(QObject):
+    """Owns the GenerationService; submit() on the UI thread, results as signals."""
+
+    result_ready = Signal(object, object)  # GenerateResult, its GenerateRequest (UI thread)
+    busy_changed = Signal(bool)  # True while the newest request has no result yet
+    generator_changed = Signal(str)  # a description: "model · backend/device"
+    _delivered_on_worker = Signal(object)  # internal: emitted on the worker thread
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._service: GenerationService | None = None
+        self._requests: dict[int, GenerateRequest] = {}  # submitted, not yet resolved
+        self._latest_id = 0
+        self._busy = False
+        self._closed = False
+        self.description = ""
+        self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
+
+    # -- model -------------------------------------------------------------------------------
+    @property
+    def has_generator(self) -> bool:
+        return self._service is not None
+
+    @property
+    def backend_name(self) -> str:
+        return self._service.backend_name if self._service else ""
+
+    @property
+    def device(self) -> str:
+        return self._service.device if self._service else ""
+
+    def set_generator(self, generator, description: str = "") -> None:
+        """Start the service with this generator, or swap it in at the next request."""
+        if self._closed:
+            return  # a load that finished while the window was closing
+        if self._service is None:
+            self._service = GenerationService(generator, self._delivered_on_worker.emit)
+        else:
+            self._service.replace_generator(generator)
+        self.description = description
+        self.generator_changed.emit(description)
+
+    # -- requests ----------------------------------------------------------------------------
+    def submit(self, request: GenerateRequest) -> int | None:
+        """Hand the request to the single-slot mailbox; None when no model is loaded."""
+        if self._service is None:
+            return None
+        request_id = self._service.submit(request)
+        self._latest_id = request_id
+        # keep only requests that may still deliver: the newest one wins
+        self._requests = {request_id: request}
+        self._set_busy(True)
+        return request_id
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+    @Slot(object)
+    def _on_delivered(self, result: GenerateResult) -> None:
+        request = self._requests.pop(result.request_id, None)
+        if result.request_id >= self._latest_id:
+            self._set_busy(False)
+        if request is not None:
+            self.result_ready.emit(result, request)
+
+    def close(self) -> None:
+        """Stop the worker thread (the running frame finishes first)."""
+        self._closed = True
+        if self._service is not None:
+            self._service.close()
+            self._service = None
+        self._set_busy(False)
+
+
+class ModelLoadJob(QThread):
+    """Loads one generator off the UI thread; every exception becomes failed(message)."""
+
+    loaded = Signal(object, str)  # generator, description
+    failed = Signal(str)
+
+    def __init__(self, model: str | None, backend: str, description: str,
+                 loader: GeneratorLoader = default_loader, parent: QObject | None = None):
+        super().__init__(parent)
+        self.model, self.backend, self.description = model, backend, description
+        self._loader = loader
+
+    def run(self) -> None:
+        try:
+            generator = self._loader(self.model, self.backend, "auto")
+        except BaseException as error:  # noqa: BLE001 - shown to the user, the app lives on
+            if not isinstance(error, EngineError):
+                traceback.print_exc()
+            self.failed.emit(f"Could not load {self.description}: {error_text(error)}")
+            return
+        self.loaded.emit(generator, self.description)

@@ -1,0 +1,175 @@
+"""The Engine tab: which model and backend the live tab runs, and the distillation panel."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.bridge import GeneratorLoader, LiveEngine, ModelLoadJob, default_loader
+from app.distill_panel import DistillPanel
+from app.model_picker import ModelSourcePicker
+from app.settings import AppSettings
+
+BACKENDS = (("PyTorch", "torch"), ("ONNX Runtime", "onnx"))
+
+
+def onnx_backend_available() -> bool:
+    """True when the engine ships its onnxruntime backend module."""
+    try:
+        return importlib.util.find_spec("engine.runtime.onnx_backend") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def embedded_model() -> str | None:
+    """The shipped default model folder (student, else teacher), or None."""
+    from engine.pipeline.loading import default_model
+
+    return default_model()
+
+
+class ModelPanel(QGroupBox):
+    """Loads a generator off the UI thread and hands it to the live engine."""
+
+    status_message = Signal(str)
+
+    def __init__(self, engine: LiveEngine, settings: AppSettings,
+                 loader: GeneratorLoader = default_loader, parent: QWidget | None = None):
+        super().__init__("Model", parent)
+        self.engine, self.settings, self._loader = engine, settings, loader
+        self.picker = ModelSourcePicker("Embedded student")
+        self.picker.set_value(settings.model_source, settings.model)
+        self.picker.last_folder = settings.model if settings.model_source == "folder" else ""
+        self.backend_combo = QComboBox()
+        for label, backend in BACKENDS:
+            self.backend_combo.addItem(label, backend)
+        if not onnx_backend_available():
+            item = self.backend_combo.model().item(1)
+            item.setEnabled(False)
+            item.setToolTip("Not available: this build has no engine/runtime/onnx_backend.py.")
+            self.backend_combo.setItemData(1, item.toolTip(), Qt.ItemDataRole.ToolTipRole)
+        elif settings.backend == "onnx":
+            self.backend_combo.setCurrentIndex(1)
+        self.load_button = QPushButton("Load")
+        self.load_button.setToolTip("Load the model off the UI thread; the live tab switches "
+                                     "to it when ready.")
+        self.state_label = QLabel("No model loaded.")
+        self.state_label.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.backend_combo)
+        row.addWidget(self.load_button)
+        row.addStretch(1)
+        form = QFormLayout(self)
+        form.addRow("Model", self.picker)
+        form.addRow("Backend", row)
+        form.addRow("State", self.state_label)
+        self.load_button.clicked.connect(self.load_selected)
+        self._jobs: list[ModelLoadJob] = []
+        self._newest_job: ModelLoadJob | None = None
+        engine.generator_changed.connect(self._on_generator_changed)
+
+    @property
+    def backend(self) -> str:
+        return self.backend_combo.currentData()
+
+    @property
+    def loading(self) -> bool:
+        return any(job.isRunning() for job in self._jobs)
+
+    def load_selected(self) -> None:
+        """Load what the picker shows; problems become a message, not an exception."""
+        problem = self.picker.problem()
+        if problem:
+            self._report(problem)
+            return
+        source, value = self.picker.source, self.picker.value()
+        if source == "embedded":
+            try:
+                model = embedded_model()
+            except Exception as error:  # noqa: BLE001 - e.g. torch missing: show, don't crash
+                self._report(f"Could not look for the embedded model: {error}")
+                return
+            if model is None:
+                self._report("No embedded model is installed in assets/models; choose a "
+                             "folder or a hub id.")
+                self.picker.set_value("folder", "")
+                return
+            name = "embedded student"
+        else:
+            model, name = value, Path(value).name if source == "folder" else value
+        self.settings.model_source, self.settings.model = source, value if source != "embedded" \
+            else ""
+        self.settings.backend = self.backend
+        self.load(model, f"{name} ({self.backend})")
+
+    def load(self, model: str, description: str) -> None:
+        """Start a background load; the newest load wins if several overlap."""
+        job = ModelLoadJob(model, self.backend, description, self._loader, self)
+        job.loaded.connect(lambda generator, text, job=job: self._on_loaded(job, generator, text))
+        job.failed.connect(self._report)
+        job.finished.connect(lambda job=job: self._on_job_finished(job))
+        self._jobs.append(job)
+        self._newest_job = job
+        self.state_label.setText(f"Loading {description}…")
+        self.load_button.setEnabled(False)
+        job.start()
+
+    def _on_loaded(self, job: ModelLoadJob, generator, description: str) -> None:
+        if job is not self._newest_job:
+            return  # a newer load was started meanwhile
+        self.engine.set_generator(generator, description)
+
+    def _on_job_finished(self, job: ModelLoadJob) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+        job.deleteLater()
+        self.load_button.setEnabled(not self._jobs)
+
+    def _on_generator_changed(self, description: str) -> None:
+        where = "/".join(part for part in (self.engine.backend_name, self.engine.device) if part)
+        self.state_label.setText(f"Running {description}" + (f" on {where}." if where else "."))
+
+    def _report(self, message: str) -> None:
+        self.state_label.setText(message)
+        self.status_message.emit(message)
+
+    def shutdown(self, timeout_ms: int = 120_000) -> None:
+        """Wait for loads in flight (they cannot be interrupted), then drop them."""
+        for job in list(self._jobs):
+            job.wait(timeout_ms)
+
+
+class EngineTab(QWidget):
+    status_message = Signal(str)
+
+    def __init__(self, engine: LiveEngine, settings: AppSettings,
+                 loader: GeneratorLoader = default_loader,
+                 distill_command: list[str] | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model_panel = ModelPanel(engine, settings, loader)
+        self.distill_panel = DistillPanel(settings, distill_command)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_panel)
+        layout.addWidget(self.distill_panel, 1)
+        self.model_panel.status_message.connect(self.status_message)
+        self.distill_panel.status_message.connect(self.status_message)
+        self.distill_panel.use_student_requested.connect(self._use_student)
+
+    def _use_student(self, student_dir: str, description: str) -> None:
+        self.model_panel.load(student_dir, f"{description} ({self.model_panel.backend})")
+
+    def shutdown(self) -> None:
+        self.distill_panel.shutdown()
+        self.model_panel.shutdown()

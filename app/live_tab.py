@@ -1,0 +1,385 @@
+"""The Live tab: prompt, canvas, mode, seed, steps, meter and compare, all request-driven.
+
+Every input change snapshots the state into a frozen GenerateRequest and submits it; the
+service's single-slot mailbox drops stale ones, so there is no button and no debounce.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QColor, QIcon, QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.bridge import LiveEngine
+from app.canvas import Canvas, array_to_qimage
+from app.compare_panel import ComparePanel
+from app.settings import AppSettings
+from engine.api import GenerateRequest, GenerateResult
+
+MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
+MAX_SEED = 2**31 - 1
+
+
+def format_meter(result: GenerateResult) -> str:
+    """Per-stage milliseconds, frames per second, backend and device, on one line."""
+    timings = result.timings
+    stages = [f"text {timings.text_ms:.1f}"]
+    if timings.encode_ms >= 0.05:
+        stages.append(f"encode {timings.encode_ms:.1f}")
+    stages += [f"unet {timings.unet_ms:.1f}", f"decode {timings.decode_ms:.1f}"]
+    fps = 1000.0 / timings.total_ms if timings.total_ms > 0 else 0.0
+    where = "/".join(part for part in (result.backend, result.device) if part) or "?"
+    size = f"{result.image.shape[1]}×{result.image.shape[0]} px" if result.image is not None \
+        else ""
+    return (f"{' · '.join(stages)} ms  |  total {timings.total_ms:.1f} ms  |  {fps:.1f} FPS"
+            f"  |  {where}  |  {size}")
+
+
+class LiveTab(QWidget):
+    status_message = Signal(str)  # for the main window's status bar
+
+    def __init__(self, engine: LiveEngine, settings: AppSettings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.engine, self.settings = engine, settings
+        self.last_frame_request: GenerateRequest | None = None
+        self.last_result: GenerateResult | None = None
+        self.canvas = Canvas()
+        self.canvas.brush_size = settings.brush_size
+        self.canvas.brush_colour = QColor(settings.brush_colour)
+        self.compare = ComparePanel()
+        self.compare.teacher_steps.setValue(settings.teacher_steps)
+        self.compare.guidance.setValue(settings.teacher_guidance)
+        self._build_controls()
+        self._build_layout()
+        self._connect()
+        self.show_model_missing(not engine.has_generator)
+
+    # -- construction ------------------------------------------------------------------------
+    def _build_controls(self) -> None:
+        self.prompt_edit = QLineEdit()
+        self.prompt_edit.setPlaceholderText("Describe the image; every keystroke renders a frame")
+        self.prompt_edit.setClearButtonEnabled(True)
+        self.mode_combo = QComboBox()
+        for label, mode in MODES:
+            self.mode_combo.addItem(label, mode)
+        self.mode_combo.setToolTip("Text only; sketch conditioning; or edit an image "
+                                   "(with the sketch painted over it).")
+        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
+        self.strength_slider.setRange(0, 100)
+        self.strength_slider.setValue(60)
+        self.strength_slider.setToolTip("Image edit strength: 0 keeps the image, 100 ignores it. "
+                                        "In sketch mode it applies to models without sketch "
+                                        "conditioning, which edit the sketch instead.")
+        self.strength_label = QLabel("0.60")
+        self.steps_combo = QComboBox()
+        for steps in (1, 2, 4):
+            self.steps_combo.addItem(f"{steps} step{'s' if steps > 1 else ''}", steps)
+        self.steps_combo.setToolTip("Student steps per frame.")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, MAX_SEED)
+        self.seed_spin.setToolTip("Noise seed; locked, an edit changes the image, not the noise.")
+        self.seed_lock = QCheckBox("Lock")
+        self.seed_lock.setChecked(True)
+        self.seed_lock.setToolTip("Unlocked: every frame draws a new random seed.")
+        self.randomise_button = QPushButton("Randomise")
+        self.randomise_button.setToolTip("Pick a new random seed.")
+        # sketch tools
+        self.brush_button = self._tool_button("Brush", "Draw on the sketch layer (B)", "B")
+        self.eraser_button = self._tool_button("Eraser", "Erase the sketch layer (E)", "E")
+        self.brush_button.setChecked(True)
+        tools = QButtonGroup(self)
+        tools.setExclusive(True)
+        tools.addButton(self.brush_button)
+        tools.addButton(self.eraser_button)
+        self.colour_button = self._tool_button("Colour", "Brush colour", checkable=False)
+        self._show_colour()
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(1, 64)
+        self.size_spin.setValue(self.canvas.brush_size)
+        self.size_spin.setSuffix(" px")
+        self.size_spin.setToolTip("Brush size in sketch pixels (the sketch is 256 px).")
+        self.clear_button = self._tool_button("Clear", "Clear the sketch (undoable)",
+                                              checkable=False)
+        stack = self.canvas.undo_stack
+        self.undo_action = QAction("Undo", self)
+        self.undo_action.setToolTip("Undo the last stroke (Ctrl+Z)")
+        self.undo_action.setShortcuts([QKeySequence("Ctrl+Z")])
+        self.undo_action.triggered.connect(stack.undo)
+        self.undo_action.setEnabled(False)
+        stack.canUndoChanged.connect(self.undo_action.setEnabled)
+        self.redo_action = QAction("Redo", self)
+        self.redo_action.setToolTip("Redo (Ctrl+Shift+Z)")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.redo_action.triggered.connect(stack.redo)
+        self.redo_action.setEnabled(False)
+        stack.canRedoChanged.connect(self.redo_action.setEnabled)
+        for action in (self.undo_action, self.redo_action):
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            self.addAction(action)
+        self.undo_button, self.redo_button = QToolButton(), QToolButton()
+        self.undo_button.setDefaultAction(self.undo_action)
+        self.redo_button.setDefaultAction(self.redo_action)
+        self.show_sketch_box = QCheckBox("Show sketch")
+        self.show_sketch_box.setChecked(True)
+        self.open_button = self._tool_button("Open image…", "Open an image to edit",
+                                             checkable=False)
+        self.save_image_button = self._tool_button("Save image…", "Save the frame as PNG",
+                                                   checkable=False)
+        self.save_sketch_button = self._tool_button("Save sketch…", "Save the sketch as PNG",
+                                                    checkable=False)
+        # status
+        self.model_missing = QLabel("No model is loaded. Pick one in the Engine tab.")
+        self.model_missing.setStyleSheet("background:#fff3cd; color:#664d03; padding:4px;")
+        self.meter = QLabel("No frame yet")
+        self.meter.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)
+        self.busy_bar.setMaximumWidth(90)
+        self.busy_bar.setMaximumHeight(12)
+        self.busy_bar.setToolTip("Generating")
+        policy = self.busy_bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.busy_bar.setSizePolicy(policy)
+        self.busy_bar.hide()
+
+    def _tool_button(self, text: str, tip: str, shortcut: str = "",
+                     checkable: bool = True) -> QToolButton:
+        button = QToolButton()
+        button.setText(text)
+        button.setToolTip(tip)
+        button.setCheckable(checkable)
+        if shortcut:
+            button.setShortcut(QKeySequence(shortcut))
+        return button
+
+    def _build_layout(self) -> None:
+        options = QHBoxLayout()
+        for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
+                       self.strength_label, self.steps_combo, QLabel("Seed"), self.seed_spin,
+                       self.seed_lock, self.randomise_button):
+            options.addWidget(widget)
+        options.addStretch(1)
+        tools = QHBoxLayout()
+        for widget in (self.brush_button, self.eraser_button, self.colour_button, self.size_spin,
+                       self.clear_button, self.undo_button, self.redo_button,
+                       self.show_sketch_box):
+            tools.addWidget(widget)
+        tools.addStretch(1)
+        for widget in (self.open_button, self.save_image_button, self.save_sketch_button):
+            tools.addWidget(widget)
+        middle = QHBoxLayout()
+        middle.addWidget(self.canvas, 1)
+        self.compare.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Preferred)
+        self.compare.setFixedWidth(220)
+        middle.addWidget(self.compare)
+        meter_row = QHBoxLayout()
+        meter_row.addWidget(self.meter, 1)
+        meter_row.addWidget(self.busy_bar)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_missing)
+        layout.addWidget(self.prompt_edit)
+        layout.addLayout(options)
+        layout.addLayout(tools)
+        layout.addLayout(middle, 1)
+        layout.addLayout(meter_row)
+        self._on_mode_changed()
+
+    def _connect(self) -> None:
+        self.prompt_edit.textChanged.connect(self.submit_current)
+        self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
+        self.mode_combo.currentIndexChanged.connect(self.submit_current)
+        self.strength_slider.valueChanged.connect(self._on_strength_changed)
+        self.steps_combo.currentIndexChanged.connect(self.submit_current)
+        self.seed_spin.valueChanged.connect(self.submit_current)
+        self.randomise_button.clicked.connect(self.randomise_seed)
+        self.canvas.sketch_changed.connect(self._on_sketch_changed)
+        self.brush_button.toggled.connect(self._on_tool_changed)
+        self.colour_button.clicked.connect(self._pick_colour)
+        self.size_spin.valueChanged.connect(self._on_size_changed)
+        self.clear_button.clicked.connect(self.canvas.clear_sketch)
+        self.show_sketch_box.toggled.connect(self._on_show_sketch)
+        self.open_button.clicked.connect(self._open_image_dialog)
+        self.save_image_button.clicked.connect(lambda: self._save_dialog("image"))
+        self.save_sketch_button.clicked.connect(lambda: self._save_dialog("sketch"))
+        self.compare.compare_button.clicked.connect(self.start_compare)
+        self.compare.submit_requested.connect(self.submit_request)
+        self.engine.result_ready.connect(self._on_result)
+        self.engine.busy_changed.connect(self.busy_bar.setVisible)
+        self.engine.generator_changed.connect(self._on_generator_changed)
+
+    # -- requests ----------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.mode_combo.currentData()
+
+    def set_mode(self, mode: str) -> None:
+        self.mode_combo.setCurrentIndex([value for _, value in MODES].index(mode))
+
+    def build_request(self) -> GenerateRequest:
+        """Snapshot every input that affects the image into one frozen request."""
+        if not self.seed_lock.isChecked():
+            self.seed_spin.blockSignals(True)
+            self.seed_spin.setValue(random.randint(0, MAX_SEED))
+            self.seed_spin.blockSignals(False)
+        mode = self.mode
+        return GenerateRequest(
+            prompt=self.prompt_edit.text(),
+            seed=self.seed_spin.value(),
+            steps=int(self.steps_combo.currentData()),
+            sketch=self.canvas.sketch_on_white() if mode == "sketch" else None,
+            init_image=self.canvas.edit_source() if mode == "edit" else None,
+            strength=self.strength_slider.value() / 100 if mode != "text" else 1.0,
+        )
+
+    def submit_current(self) -> None:
+        self.submit_request(self.build_request())
+
+    def submit_request(self, request: GenerateRequest) -> None:
+        try:
+            request_id = self.engine.submit(request)
+        except Exception as error:  # noqa: BLE001 - e.g. a closed service; never crash the UI
+            self.status_message.emit(f"Could not submit: {error}")
+            return
+        self.compare.note_submitted(request_id, request)
+
+    def start_compare(self) -> None:
+        """Render the current request with the student, then with the teacher."""
+        self.compare.start(self.build_request())
+
+    def randomise_seed(self) -> None:
+        self.seed_spin.setValue(random.randint(0, MAX_SEED))  # valueChanged submits
+
+    # -- results -----------------------------------------------------------------------------
+    def _on_result(self, result: GenerateResult, request: GenerateRequest) -> None:
+        image = array_to_qimage(result.image) if result.ok else None
+        if not request.teacher_steps:
+            if result.ok:
+                self.canvas.set_frame(image)
+                self.last_frame_request = request
+                self.meter.setStyleSheet("")
+                self.meter.setText(format_meter(result))
+            else:
+                self.meter.setStyleSheet("color:#b00020;")
+                self.meter.setText(f"Error: {result.error}")
+                self.status_message.emit(f"Generation failed: {result.error}")
+            self.last_result = result
+        self.compare.handle_result(result, request, image)
+
+    def _on_generator_changed(self, description: str) -> None:
+        self.show_model_missing(False)
+        self.status_message.emit(f"Model ready: {description}")
+        self.submit_current()
+
+    def show_model_missing(self, missing: bool) -> None:
+        self.model_missing.setVisible(missing)
+
+    # -- handlers ----------------------------------------------------------------------------
+    def _on_mode_changed(self) -> None:
+        uses_strength = self.mode != "text"
+        self.strength_slider.setEnabled(uses_strength)
+        self.strength_label.setEnabled(uses_strength)
+
+    def _on_strength_changed(self, value: int) -> None:
+        self.strength_label.setText(f"{value / 100:.2f}")
+        if self.mode != "text":
+            self.submit_current()
+
+    def _on_sketch_changed(self) -> None:
+        if self.mode == "text":
+            self.set_mode("sketch")  # drawing means the sketch should count; this submits
+        else:
+            self.submit_current()
+
+    def _on_tool_changed(self) -> None:
+        self.canvas.erasing = self.eraser_button.isChecked()
+
+    def _on_size_changed(self, size: int) -> None:
+        self.canvas.brush_size = size
+        self.settings.brush_size = size
+
+    def _on_show_sketch(self, shown: bool) -> None:
+        self.canvas.show_sketch = shown
+        self.canvas.update()
+
+    def _show_colour(self) -> None:
+        swatch = QPixmap(16, 16)
+        swatch.fill(self.canvas.brush_colour)
+        self.colour_button.setIcon(QIcon(swatch))
+        self.colour_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+
+    def _pick_colour(self) -> None:
+        colour = QColorDialog.getColor(self.canvas.brush_colour, self, "Brush colour")
+        if colour.isValid():
+            self.set_brush_colour(colour)
+
+    def set_brush_colour(self, colour: QColor) -> None:
+        self.canvas.brush_colour = colour
+        self.settings.brush_colour = colour.name()
+        self._show_colour()
+
+    # -- files -------------------------------------------------------------------------------
+    def open_image(self, path: str) -> bool:
+        image = QImage(path)
+        if image.isNull():
+            self.status_message.emit(f"Could not read {path} as an image.")
+            return False
+        self.settings.last_image_folder = str(Path(path).parent)
+        self.canvas.set_base_image(image)
+        if self.mode == "edit":
+            self.submit_current()
+        else:
+            self.set_mode("edit")
+        self.status_message.emit(f"Editing {Path(path).name}")
+        return True
+
+    def _open_image_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image to edit",
+                                              self.settings.last_image_folder,
+                                              "Images (*.png *.jpg *.jpeg *.bmp *.webp)")
+        if path:
+            self.open_image(path)
+
+    def save(self, what: str, path: str) -> bool:
+        """Save the frame ("image") or the sketch layer ("sketch") as PNG, atomically."""
+        try:
+            if what == "image":
+                self.canvas.save_frame(path)
+            else:
+                self.canvas.save_sketch(path)
+        except OSError as error:
+            self.status_message.emit(str(error))
+            return False
+        self.settings.last_save_folder = str(Path(path).parent)
+        self.status_message.emit(f"Saved {path}")
+        return True
+
+    def _save_dialog(self, what: str) -> None:
+        default = str(Path(self.settings.last_save_folder or Path.home()) / f"{what}.png")
+        path, _ = QFileDialog.getSaveFileName(self, f"Save {what}", default, "PNG (*.png)")
+        if path:
+            self.save(what, path if path.lower().endswith(".png") else path + ".png")
+
+    def store_settings(self) -> None:
+        self.settings.teacher_steps = self.compare.teacher_steps.value()
+        self.settings.teacher_guidance = float(self.compare.guidance.value())
+

@@ -1,0 +1,184 @@
+"""The main window (Live and Engine tabs, status bar) and run_app(), the app's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QObject, QTimer
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import QApplication, QMainWindow, QTabWidget, QWidget
+
+from app.bridge import GeneratorLoader, LiveEngine, default_loader
+from app.canvas import save_image_atomic
+from app.engine_tab import EngineTab, onnx_backend_available
+from app.live_tab import LiveTab
+from app.model_picker import looks_like_hub_id
+from app.settings import AppSettings, load_settings, save_settings
+
+APP_NAME = "DMD Studio"
+SCREENSHOT_TIMEOUT_MS = 300_000
+STATUS_TIMEOUT_MS = 15_000
+
+
+class MainWindow(QMainWindow):
+    """Live and Engine tabs; on close it stops every thread and process and saves settings."""
+
+    def __init__(self, settings: AppSettings, engine: LiveEngine,
+                 loader: GeneratorLoader = default_loader,
+                 distill_command: list[str] | None = None, settings_notice: str | None = None,
+                 save_settings_on_close: bool = True, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.settings, self.engine = settings, engine
+        self.save_settings_on_close = save_settings_on_close
+        self.setWindowTitle(APP_NAME)
+        self.live_tab = LiveTab(engine, settings)
+        self.engine_tab = EngineTab(engine, settings, loader, distill_command)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.live_tab, "Live")
+        self.tabs.addTab(self.engine_tab, "Engine")
+        self.setCentralWidget(self.tabs)
+        self.live_tab.status_message.connect(self.show_message)
+        self.engine_tab.status_message.connect(self.show_message)
+        self.resize(1180, 820)
+        if settings.window_geometry:
+            self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode("ascii")))
+        self._closed = False
+        self.show_message(settings_notice or "Ready.")
+
+    def show_message(self, message: str) -> None:
+        self.statusBar().showMessage(message, STATUS_TIMEOUT_MS)
+
+    def load_initial_model(self) -> None:
+        """Load the model named in the settings (or by --model) off the UI thread."""
+        self.engine_tab.model_panel.load_selected()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop the trainer, wait for model loads, stop the worker thread, save settings."""
+        if self._closed:
+            return
+        self._closed = True
+        self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode("ascii")
+        self.live_tab.store_settings()
+        self.engine_tab.shutdown()
+        self.engine.close()
+        if self.save_settings_on_close:
+            try:
+                save_settings(self.settings)
+            except OSError as error:
+                print(f"Could not save settings: {error}", file=sys.stderr)
+
+
+class ScreenshotJob(QObject):
+    """--screenshot: wait for the first frame, grab the whole window, quit."""
+
+    def __init__(self, window: MainWindow, path: Path):
+        super().__init__(window)
+        self.window, self.path = window, path
+        self.exit_code: int | None = None
+        window.engine.result_ready.connect(self._on_result)
+        window.engine_tab.status_message.connect(self._on_engine_message)
+        QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: self._finish(1, "no frame in time"))
+
+    def _on_engine_message(self, message: str) -> None:
+        if not self.window.engine.has_generator:  # only load failures reach here before a frame
+            self._finish(1, message)
+
+    def _on_result(self, result, request) -> None:
+        if not result.ok:
+            self._finish(1, result.error)
+        elif not request.teacher_steps:
+            QTimer.singleShot(100, self._grab)
+
+    def _grab(self) -> None:
+        try:
+            save_image_atomic(self.window.grab().toImage(), self.path)
+        except OSError as error:
+            self._finish(1, str(error))
+            return
+        self._finish(0, None)
+
+    def _finish(self, code: int, problem: str | None) -> None:
+        if self.exit_code is not None:
+            return
+        self.exit_code = code
+        if problem:
+            print(f"screenshot failed: {problem}", file=sys.stderr)
+        else:
+            print(f"wrote {self.path}")
+        # deferred: a failure can be reported before the event loop has started
+        QTimer.singleShot(0, self._quit)
+
+    def _quit(self) -> None:
+        self.window.close()
+        QApplication.instance().exit(self.exit_code)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments print one line and exit with status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(prog="main.py", description=f"{APP_NAME}: live one-step generation.")
+    parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), help="runtime (default: torch)")
+    parser.add_argument("--screenshot", metavar="FILE",
+                        help="save a PNG of the window after the first frame, then exit")
+    parser.add_argument("--prompt", default=None, help="prompt to type at start")
+    options = parser.parse_args(argv)
+    if options.model and not Path(options.model).expanduser().is_dir() \
+            and not looks_like_hub_id(options.model):
+        parser.error(f"--model {options.model}: no such folder, and not a hub id (owner/name)")
+    if options.backend == "onnx" and not onnx_backend_available():
+        parser.error("--backend onnx: the ONNX Runtime backend is not available in this build")
+    if options.screenshot and not Path(options.screenshot).expanduser().parent.is_dir():
+        parser.error(f"--screenshot {options.screenshot}: the folder does not exist")
+    return options
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Wire QApplication, settings, the live engine and the main window; run the event loop."""
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    QApplication.setApplicationName(APP_NAME)
+    QApplication.setOrganizationName("dmd-studio")
+    application = QApplication.instance() or QApplication([sys.argv[0]])
+    settings, notice = load_settings()
+    if options.model:
+        is_folder = Path(options.model).expanduser().is_dir()
+        settings.model_source = "folder" if is_folder else "hub"
+        settings.model = str(Path(options.model).expanduser().resolve()) if is_folder \
+            else options.model
+    if options.backend:
+        settings.backend = options.backend
+    engine = LiveEngine()
+    window = MainWindow(settings, engine, settings_notice=notice,
+                        save_settings_on_close=not options.screenshot)
+    screenshot = ScreenshotJob(window, Path(options.screenshot)) if options.screenshot else None
+    window.show()
+    if options.prompt:
+        window.live_tab.prompt_edit.setText(options.prompt)
+    window.load_initial_model()
+    previous_hook = sys.excepthook
+
+    def show_unexpected(kind, error, trace) -> None:
+        traceback.print_exception(kind, error, trace)
+        window.show_message(f"Unexpected error: {kind.__name__}: {error}")
+
+    sys.excepthook = show_unexpected  # an exception in a slot is shown, the app lives on
+    try:
+        code = application.exec()
+    finally:
+        sys.excepthook = previous_hook
+        window.shutdown()
+    if screenshot is not None and screenshot.exit_code is not None:
+        return screenshot.exit_code
+    return code

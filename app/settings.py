@@ -1,0 +1,124 @@
+"""User settings saved as JSON: typed fields with per-key fallback, atomic writes.
+
+The file lives in Qt's AppConfigLocation (e.g. ~/.config/DMD Studio/settings.json on
+Linux); the environment variable DMD_STUDIO_SETTINGS overrides the path (tests use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths
+
+SETTINGS_ENV = "DMD_STUDIO_SETTINGS"
+SETTINGS_FILE_NAME = "settings.json"
+
+
+@dataclass
+class DistillSettings:
+    """The distillation form, remembered between sessions."""
+
+    teacher: str = "embedded"  # "embedded", a folder or a hub id
+    method: str = "dmd2"  # "dmd" or "dmd2"
+    steps: int = 2000  # generator updates
+    batch: int = 16  # student samples per step
+    lr: float = 5e-5  # student and critic learning rate (AdamW)
+    guidance: float = 4.0  # teacher CFG scale for the real score and regression pairs
+    critic_ratio: int = 2  # critic (fake score) updates per generator update (DMD2 TTUR)
+    gan_weight: float = 0.0  # DMD2 GAN weight (0: off; > 0 needs real images)
+    regression_weight: float = 0.25  # DMD regression loss weight (0: off)
+    student_steps: int = 1  # 1, 2 or 4
+    out_dir: str = ""  # run folder
+    extra_flags: str = ""  # appended to the command line (shell-style quoting)
+
+
+@dataclass
+class AppSettings:
+    """Everything the app remembers; unknown keys are ignored, bad values use defaults."""
+
+    model_source: str = "embedded"  # "embedded", "folder" or "hub"
+    model: str = ""  # folder path or hub id ("" with model_source=embedded)
+    backend: str = "torch"  # "torch" or "onnx"
+    brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
+    brush_colour: str = "#000000"
+    teacher_steps: int = 20  # Compare: DDIM steps for the teacher
+    teacher_guidance: float = 4.0  # Compare: CFG scale for the teacher
+    last_image_folder: str = ""
+    last_save_folder: str = ""
+    last_run_folder: str = ""
+    window_geometry: str = ""  # QByteArray.toBase64() of saveGeometry()
+    distill: DistillSettings = field(default_factory=DistillSettings)
+
+
+def settings_path() -> Path:
+    """Where settings.json is read and written."""
+    override = os.environ.get(SETTINGS_ENV)
+    if override:
+        return Path(override)
+    folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
+    return Path(folder or Path.home() / ".config" / "dmd-studio") / SETTINGS_FILE_NAME
+
+
+def _typed_fields(instance, values: dict):
+    """Copy values whose type matches the dataclass default; the rest stay default."""
+    for item in dataclasses.fields(instance):
+        if item.name not in values:
+            continue
+        current, given = getattr(instance, item.name), values[item.name]
+        if dataclasses.is_dataclass(current):
+            if isinstance(given, dict):
+                _typed_fields(current, given)
+        elif isinstance(current, float) and isinstance(given, int | float) \
+                and not isinstance(given, bool):
+            setattr(instance, item.name, float(given))
+        elif type(given) is type(current):
+            setattr(instance, item.name, given)
+    return instance
+
+
+def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
+    """Read settings; returns (settings, notice) where notice explains a fallback to defaults."""
+    path = path or settings_path()
+    if not path.exists():
+        return AppSettings(), None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError("the top level is not a JSON object")
+    except (OSError, ValueError) as error:
+        backup = path.with_name(path.name + ".corrupt")
+        try:
+            os.replace(path, backup)
+            kept = f" (kept as {backup.name})"
+        except OSError:
+            kept = ""
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        notice = f"Settings file {path} was unreadable ({reason}); using defaults{kept}."
+        return AppSettings(), notice
+    return _typed_fields(AppSettings(), values), None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_settings(settings: AppSettings, path: Path | None = None) -> None:
+    """Write settings as indented JSON, atomically."""
+    text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True)
+    write_atomic(path or settings_path(), text.encode("utf-8"))

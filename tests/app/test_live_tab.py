@@ -1,0 +1,168 @@
+"""Live tab: keystrokes, strokes, undo, errors, compare, files (fake generator)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QImage
+
+from tests.app.conftest import FakeGenerator
+
+
+def last_delivered_request(window):
+    return window.live_tab.last_frame_request
+
+
+def wait_for_frame(qtbot, window, predicate, timeout=10_000):
+    """Wait until the newest delivered frame's request satisfies predicate."""
+    def check():
+        request = last_delivered_request(window)
+        assert request is not None and predicate(request)
+
+    qtbot.waitUntil(check, timeout=timeout)
+
+
+def stroke(qtbot, canvas, points):
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=QPoint(*points[0]))
+    for point in points[1:]:
+        qtbot.mouseMove(canvas, QPoint(*point))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=QPoint(*points[-1]))
+
+
+def test_typing_key_by_key_ends_with_the_full_prompt_one_request_in_flight(qtbot, make_window):
+    generator = FakeGenerator(delay_s=0.02)
+    window = make_window(generator)
+    prompt_edit = window.live_tab.prompt_edit
+    qtbot.keyClicks(prompt_edit, "red apple")
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "red apple")
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    assert generator.max_active == 1
+    assert generator.requests[-1].prompt == "red apple"
+    assert window.live_tab.canvas.frame is not None
+    assert "FPS" in window.live_tab.meter.text() and "fake/cpu" in window.live_tab.meter.text()
+
+
+def test_a_stroke_changes_the_sketch_and_triggers_a_frame(qtbot, make_window):
+    generator = FakeGenerator()
+    window = make_window(generator)
+    canvas = window.live_tab.canvas
+    wait_for_frame(qtbot, window, lambda request: True)
+    blank = canvas.sketch_on_white()
+    assert blank.min() == 255
+    stroke(qtbot, canvas, [(150, 150), (250, 200), (350, 300)])
+    assert canvas.sketch_on_white().min() < 128  # black ink landed on the layer
+    assert window.live_tab.mode == "sketch"  # drawing in text mode switches to sketch
+    wait_for_frame(qtbot, window, lambda request: request.sketch is not None)
+    delivered = last_delivered_request(window).sketch
+    assert delivered.shape[2] == 3 and delivered.dtype == np.uint8
+    assert np.array_equal(delivered, canvas.sketch_on_white())
+
+
+def test_undo_restores_the_previous_sketch_and_redo_reapplies(qtbot, make_window):
+    window = make_window(FakeGenerator())
+    canvas = window.live_tab.canvas
+    stroke(qtbot, canvas, [(100, 100), (200, 120)])
+    after_first = canvas.sketch_on_white()
+    stroke(qtbot, canvas, [(100, 300), (300, 320)])
+    after_second = canvas.sketch_on_white()
+    assert not np.array_equal(after_first, after_second)
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert np.array_equal(canvas.sketch_on_white(), after_first)
+    qtbot.keyClick(canvas, Qt.Key.Key_Z,
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert np.array_equal(canvas.sketch_on_white(), after_second)
+    canvas.clear_sketch()
+    assert canvas.sketch_on_white().min() == 255
+    window.live_tab.undo_action.trigger()
+    assert np.array_equal(canvas.sketch_on_white(), after_second)
+
+
+def test_eraser_removes_ink(qtbot, make_window):
+    window = make_window(FakeGenerator())
+    canvas = window.live_tab.canvas
+    window.live_tab.size_spin.setValue(20)
+    stroke(qtbot, canvas, [(100, 200), (400, 200)])
+    inked = (canvas.sketch_on_white() < 128).sum()
+    window.live_tab.eraser_button.click()
+    stroke(qtbot, canvas, [(100, 200), (400, 200)])
+    assert (canvas.sketch_on_white() < 128).sum() < inked // 4
+
+
+def test_an_engine_error_shows_a_message_and_the_app_stays_responsive(qtbot, make_window):
+    window = make_window(FakeGenerator(fail_on="boom"))
+    window.live_tab.prompt_edit.setText("boom")
+    qtbot.waitUntil(lambda: "refused" in window.statusBar().currentMessage(), timeout=10_000)
+    assert "refused" in window.live_tab.meter.text()
+    window.live_tab.prompt_edit.setText("cat face")
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "cat face")
+    assert "FPS" in window.live_tab.meter.text()
+
+
+def test_seed_lock_randomise_steps_and_image_edit(qtbot, make_window, tmp_path):
+    generator = FakeGenerator()
+    window = make_window(generator)
+    tab = window.live_tab
+    assert tab.seed_lock.isChecked()
+    tab.seed_spin.setValue(1234)
+    wait_for_frame(qtbot, window, lambda request: request.seed == 1234)
+    tab.randomise_button.click()
+    assert tab.seed_spin.value() != 1234
+    wait_for_frame(qtbot, window, lambda request: request.seed == tab.seed_spin.value())
+    tab.steps_combo.setCurrentIndex(2)
+    wait_for_frame(qtbot, window, lambda request: request.steps == 4)
+    image_path = tmp_path / "photo.png"
+    photo = QImage(300, 200, QImage.Format.Format_RGB32)
+    photo.fill(Qt.GlobalColor.red)
+    assert photo.save(str(image_path))
+    assert tab.open_image(str(image_path))
+    assert tab.mode == "edit"
+    tab.strength_slider.setValue(30)
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None
+                   and abs(request.strength - 0.3) < 1e-9)
+    init_image = last_delivered_request(window).init_image
+    assert init_image.shape == (256, 256, 3) and init_image[128, 128].tolist() == [255, 0, 0]
+
+
+def test_save_image_and_sketch_write_pngs(qtbot, make_window, tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.prompt_edit.setText("rocket")
+    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=10_000)
+    stroke(qtbot, tab.canvas, [(120, 120), (220, 220)])
+    assert tab.save("image", str(tmp_path / "frame.png"))
+    assert tab.save("sketch", str(tmp_path / "sketch.png"))
+    assert QImage(str(tmp_path / "frame.png")).width() == 16
+    sketch = QImage(str(tmp_path / "sketch.png"))
+    assert sketch.width() == 256 and sketch.hasAlphaChannel()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == \
+        ["frame.png", "sketch.png"]  # no temporary files left behind
+    assert not tab.save("image", str(tmp_path / "missing-folder" / "frame.png"))
+
+
+def test_compare_renders_the_teacher_beside_the_student(qtbot, make_window):
+    generator = FakeGenerator()
+    window = make_window(generator)
+    tab = window.live_tab
+    tab.prompt_edit.setText("red apple")
+    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=10_000)
+    tab.compare.teacher_steps.setValue(8)
+    tab.compare.compare_button.click()
+    qtbot.waitUntil(lambda: "faster" in tab.compare.summary.text(), timeout=10_000)
+    teacher_requests = [r for r in generator.requests if r.teacher_steps]
+    assert teacher_requests[-1].teacher_steps == 8
+    assert teacher_requests[-1].prompt == "red apple"
+    assert teacher_requests[-1].seed == generator.requests[-2].seed
+    assert "10.0× faster" in tab.compare.summary.text()
+    assert tab.compare.teacher_view.image is not None
+    assert last_delivered_request(window).teacher_steps == 0  # the canvas keeps the student
+
+
+def test_without_a_model_the_live_tab_says_so(qtbot, make_window):
+    def no_model(model, backend, device):
+        raise AssertionError("not called")
+
+    window = make_window(loader=no_model)
+    assert window.live_tab.model_missing.isVisible()
+    window.live_tab.prompt_edit.setText("hello")  # no service: nothing to submit, no crash
+    assert window.live_tab.last_frame_request is None

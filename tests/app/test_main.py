@@ -1,0 +1,70 @@
+"""main.py: argument errors, --screenshot on the tiny model, and a real tiny model in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QImage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_main(*arguments: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1",
+                       DMD_STUDIO_SETTINGS=str(tmp_path / "settings.json"))
+    return subprocess.run([sys.executable, "main.py", *arguments], cwd=REPO_ROOT, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_arguments_print_one_line_and_exit_2(tmp_path):
+    for arguments in (["--backend", "tensorrt"], ["--model", str(tmp_path / "missing")],
+                      ["--no-such-flag"]):
+        result = run_main(*arguments, tmp_path=tmp_path, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "error" in result.stderr
+
+
+def test_screenshot_of_the_tiny_model_writes_a_png(tmp_path, tiny_model_dir):
+    screenshot = tmp_path / "shot.png"
+    result = run_main("--model", str(tiny_model_dir), "--screenshot", str(screenshot),
+                      "--prompt", "red apple", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    image = QImage(str(screenshot))
+    assert not image.isNull() and image.width() >= 800 and image.height() >= 600
+    assert not (tmp_path / "settings.json").exists()  # a screenshot run leaves settings alone
+
+
+def test_screenshot_with_an_unloadable_model_fails_with_a_message(tmp_path):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    result = run_main("--model", str(not_a_model), "--screenshot", str(tmp_path / "x.png"),
+                      tmp_path=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "screenshot failed" in result.stderr and "unet/" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_real_tiny_sketch_model_answers_a_stroke(qtbot, make_window, tiny_sketch_model_dir):
+    window = make_window(model_dir=tiny_sketch_model_dir)  # the real loader, off the UI thread
+    tab = window.live_tab
+    tab.prompt_edit.setText("cat")
+    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=60_000)
+    canvas = tab.canvas
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=QPoint(120, 120))
+    qtbot.mouseMove(canvas, QPoint(300, 260))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=QPoint(300, 260))
+
+    def sketch_frame_arrived():
+        request = tab.last_frame_request
+        assert request is not None and request.sketch is not None
+        assert np.array_equal(request.sketch, canvas.sketch_on_white())
+
+    qtbot.waitUntil(sketch_frame_arrived, timeout=60_000)
+    assert tab.last_result.ok and tab.last_result.backend == "torch"
+    assert "torch/cpu" in tab.meter.text()
