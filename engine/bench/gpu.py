@@ -1,0 +1,228 @@
+"""SD-1.5-shaped one-step frames/s at 512 px, batch 1 (random weights): torch and onnxruntime.
+
+Variants: eager fp16 + SDPA + channels_last; text eager + one CUDA graph over UNet -> decode;
+torch.compile (reduce-overhead or max-autotune); onnxruntime CUDA and TensorRT providers.
+--arch tiny-sd runs the same setup on the 32-px tiny pipeline (CPU-testable).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.api import EngineError, GenerateRequest
+from engine.bench.timing import machine_info, median_ms, peak_rss_mb
+
+ARCHES = ("sd15", "tiny-sd")
+COMPILE_MODES = ("none", "reduce-overhead", "max-autotune")
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def build_sd15_folder(folder: Path) -> Path:
+    """SD-1.5 shapes: UNet 4->4 ch (320, 640, 1280, 1280), CLIP-L/14 text, TAESD decoder."""
+    from diffusers import AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.pipeline.tiny import write_char_tokenizer
+
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1,
+    )).half().save_pretrained(folder / "text_encoder")
+    write_char_tokenizer(folder / "tokenizer", max_length=77)
+    UNet2DConditionModel(sample_size=64, cross_attention_dim=768).half().save_pretrained(
+        folder / "unet")
+    AutoencoderTiny().half().save_pretrained(folder / "vae")  # TAESD's configuration
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"image_size": 512}))
+    (folder / "student.json").write_text(json.dumps({"timesteps": [999], "teacher": ""}))
+    return folder
+
+
+def build_arch_folder(arch: str, folder: Path) -> Path:
+    if arch == "sd15":
+        return build_sd15_folder(folder)
+    from engine.pipeline.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(folder, student_timesteps=[999])
+
+
+def resolve_device(arch: str, device: str, force: bool) -> str:
+    """cuda when available; an SD-1.5-sized CPU run needs --force."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("--device cuda was requested but PyTorch sees no CUDA device.")
+    if arch == "sd15" and device == "cpu" and not force:
+        raise EngineError("The SD-1.5-shaped benchmark needs CUDA (a 512-px frame takes seconds "
+                          "on a CPU); use --device cuda, --arch tiny-sd, or --force.")
+    return device
+
+
+def graph_frame(backend) -> Callable[[], None]:
+    """Text encoder eager, then one CUDA graph over UNet (t=999) -> x0 -> decoder."""
+    parts, device, dtype = backend.parts, backend.device, backend.dtype
+    size, channels = backend.latent_size, backend.latent_channels
+    x_t = torch.randn(1, channels, size, size, device=device, dtype=dtype)
+    extra = backend.conditioning_channels
+    x_in = torch.cat([x_t, torch.zeros(1, extra, size, size, device=device, dtype=dtype)], 1) \
+        if extra else x_t
+    t = torch.tensor([999], device=device)
+    abar = float(backend.schedule.alphas_cumprod[999])
+    text = backend.encode_text([PROMPT])
+    states = text.token_states.to(device, dtype).clone()
+    pooled = text.pooled.to(device, dtype).clone() if parts.uses_pooled_text else None
+
+    def frame() -> torch.Tensor:
+        eps = parts.unet(x_in, t, encoder_hidden_states=states, class_labels=pooled).sample
+        x0 = (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+        return parts.vae.decode(x0 / parts.latent_scale).sample
+
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                frame()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            frame()
+
+    def replay() -> None:
+        fresh = backend.encode_text([PROMPT])  # eager text encoder, states copied in
+        states.copy_(fresh.token_states)
+        if pooled is not None:
+            pooled.copy_(fresh.pooled)
+        graph.replay()
+        torch.cuda.synchronize()
+
+    return replay
+
+
+def compile_parts(backend, mode: str) -> float:
+    """torch.compile the text model, UNet and decoder in place; returns the compile seconds."""
+    parts = backend.parts
+    parts.unet.forward = torch.compile(parts.unet.forward, mode=mode, fullgraph=False)
+    parts.vae.decoder.forward = torch.compile(parts.vae.decoder.forward, mode=mode)
+    parts.text_encoder.model.forward = torch.compile(parts.text_encoder.model.forward, mode=mode)
+    start = time.perf_counter()
+    backend.warm_up()
+    backend.warm_up()
+    return time.perf_counter() - start
+
+
+def variant(name: str, function: Callable[[], object], repeats: int, note: str = "") -> dict:
+    frame_ms = median_ms(function, repeats, warm_up=3)
+    return {"variant": name, "frame_ms": frame_ms, "fps": 1e3 / frame_ms, "note": note}
+
+
+def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -> list[dict]:
+    from engine.pipeline.generator import Generator
+    from engine.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend.load(str(folder), device)
+    backend.warm_up()
+    generator = Generator(backend)
+    request = GenerateRequest(PROMPT, steps=1)
+
+    def generate() -> None:
+        generator.text_cache.entries.clear()
+        generator.generate(request)
+
+    precision = "fp16, SDPA, channels_last" if device.startswith("cuda") else "fp32"
+    results = [variant("torch eager", generate, repeats, precision)]
+    if device.startswith("cuda"):
+        try:
+            results.append(variant("torch CUDA graph", graph_frame(backend), repeats,
+                                   "text eager; UNet + decode in one graph"))
+        except Exception as error:  # noqa: BLE001 - report, keep measuring the others
+            results.append(failed("torch CUDA graph", error))
+        if compile_mode != "none":
+            try:
+                seconds = compile_parts(backend, compile_mode)
+                results.append(variant(f"torch.compile {compile_mode}", generate, repeats,
+                                       f"compile + warm-up {seconds:.0f} s"))
+            except Exception as error:  # noqa: BLE001
+                results.append(failed(f"torch.compile {compile_mode}", error))
+    generator = backend = None  # free the weights before the next variant
+    release()
+    return results
+
+
+def onnx_variants(folder: Path, device: str, repeats: int) -> list[dict]:
+    import onnxruntime as ort
+
+    from engine.pipeline.generator import Generator
+    from engine.runtime.onnx_backend import OnnxBackend
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        targets = [(d, p) for d, p in (("cuda", "CUDAExecutionProvider"),
+                                       ("tensorrt", "TensorrtExecutionProvider")) if p in available]
+    else:
+        targets = [("cpu", "CPUExecutionProvider")]
+    results = []
+    for target, provider in targets:
+        try:
+            backend = OnnxBackend.load(str(folder), target)
+            backend.warm_up()
+            generator = Generator(backend)
+            request = GenerateRequest(PROMPT, steps=1)
+
+            def generate(generator=generator, request=request) -> None:
+                generator.text_cache.entries.clear()
+                generator.generate(request)
+
+            results.append(variant(f"onnxruntime {provider}", generate, repeats,
+                                   f"{backend.manifest['dtype']}, {backend.device}"))
+            del generator, backend
+        except Exception as error:  # noqa: BLE001
+            results.append(failed(f"onnxruntime {provider}", error))
+        release()
+    return results
+
+
+def failed(name: str, error: Exception) -> dict:
+    message = str(error).splitlines()[0][:160] if str(error) else ""
+    return {"variant": name, "frame_ms": 0.0, "fps": 0.0,
+            "note": f"failed: {type(error).__name__}: {message}"}
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def bench_arch(arch: str, device: str = "auto", repeats: int = 20, force: bool = False,
+               compile_mode: str = "reduce-overhead", backends: tuple[str, ...] = ("torch", "onnx"),
+               work_dir: str | None = None) -> dict:
+    """Build the random-weight arch in a temporary folder and measure every variant."""
+    if arch not in ARCHES:
+        raise EngineError(f"Unknown --arch {arch!r}; choose one of {', '.join(ARCHES)}.")
+    device = resolve_device(arch, device, force)
+    with tempfile.TemporaryDirectory(prefix="dmd-bench-", dir=work_dir) as tmp:
+        folder = build_arch_folder(arch, Path(tmp) / arch)
+        variants = []
+        if "torch" in backends:
+            variants += torch_variants(folder, device, repeats, compile_mode)
+        if "onnx" in backends:
+            variants += onnx_variants(folder, device, repeats)
+        image_size = json.loads((folder / "model_index.json").read_text())["image_size"]
+    working = [v for v in variants if v["fps"] > 0]
+    return {"arch": arch, "device": device, "image_size": image_size, "batch": 1,
+            "dtype": "float16" if device.startswith("cuda") else "float32",
+            "weights": "random", "repeats": repeats, "variants": variants,
+            "best_fps": max((v["fps"] for v in working), default=0.0),
+            "peak_rss_mb": peak_rss_mb(), "machine": machine_info(),
+            "date": time.strftime("%Y-%m-%d")}

@@ -1,0 +1,87 @@
+"""Keystroke-to-frame latency through GenerationService while a prompt is typed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from engine.api import EngineError, GenerateRequest, GenerateResult
+from engine.bench.timing import percentile
+
+PROMPT = "a red apple on a wooden table at sunrise"  # 40 characters, one per keystroke
+
+
+def type_prompt(generator, prompt: str = PROMPT, rate: float | None = 20.0,
+                timeout: float = 60.0) -> dict:
+    """Submit every prefix of prompt (rate keystrokes/s, None: as fast as possible).
+
+    Returns the latency (ms) of each delivered frame, measured from the keystroke that
+    produced that frame's request to its delivery, plus delivery counts.
+    """
+    from engine.service import GenerationService
+
+    submitted: dict[int, float] = {}
+    delivered: list[tuple[int, float]] = []
+    errors: list[str] = []
+    seen: set[int] = set()
+    arrived = threading.Event()
+
+    def on_result(result: GenerateResult) -> None:
+        now = time.perf_counter()
+        if result.ok:
+            delivered.append((result.request_id, now))
+        else:
+            errors.append(result.error or "unknown error")
+        seen.add(result.request_id)
+        arrived.set()
+
+    generator.text_cache.entries.clear()  # every prefix is a new prompt, as when typing
+    service = GenerationService(generator, on_result)
+    start = time.perf_counter()
+    try:
+        for index in range(1, len(prompt) + 1):
+            if rate:
+                delay = start + (index - 1) / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            pressed = time.perf_counter()
+            request_id = service.submit(GenerateRequest(prompt=prompt[:index], seed=0))
+            submitted[request_id] = pressed
+        deadline = time.perf_counter() + timeout
+        while request_id not in seen:
+            if time.perf_counter() > deadline:
+                raise EngineError(f"The last keystroke's frame did not arrive in {timeout:.0f} s.")
+            arrived.wait(0.01)
+            arrived.clear()
+        elapsed = time.perf_counter() - start
+    finally:
+        service.close()
+    if errors:
+        raise EngineError(f"Generation failed during the keystroke benchmark: {errors[0]}")
+    latencies = [(at - submitted[request_id]) * 1e3 for request_id, at in delivered]
+    return {"keystrokes": len(submitted), "frames_delivered": len(delivered),
+            "requests_dropped": len(submitted) - len(delivered),
+            "latencies_ms": latencies, "seconds": elapsed}
+
+
+def keystroke_stats(generator, sessions: int, rate: float | None) -> dict:
+    """Pool several typing sessions: p50/p95 latency, frames delivered, stale requests dropped."""
+    latencies: list[float] = []
+    totals = {"keystrokes": 0, "frames_delivered": 0, "requests_dropped": 0, "seconds": 0.0}
+    for _ in range(max(1, sessions)):
+        session = type_prompt(generator, rate=rate)
+        latencies += session["latencies_ms"]
+        for key in totals:
+            totals[key] += session[key]
+    return {
+        "rate_keys_per_s": rate or "max",
+        "sessions": max(1, sessions),
+        "p50_ms": percentile(latencies, 0.5),
+        "p95_ms": percentile(latencies, 0.95),
+        "max_ms": max(latencies, default=0.0),
+        "keystrokes": totals["keystrokes"],
+        "frames_delivered": totals["frames_delivered"],
+        "requests_dropped": totals["requests_dropped"],
+        "delivered_fps": totals["frames_delivered"] / totals["seconds"] if totals["seconds"]
+        else 0.0,
+    }

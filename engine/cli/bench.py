@@ -1,0 +1,67 @@
+"""`python -m engine bench`: stage ms, keystroke latency, student vs teacher, peak memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from engine.api import EngineError
+
+BACKEND_CHOICES = ("torch", "onnx", "all")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="Measure the live path: per-stage ms, keystroke-to-frame latency, "
+                      "student vs 50-step teacher, peak memory (see docs/benchmarks.md).")
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: the embedded student in assets/models)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="all",
+                        help="runtime to measure; all = each in its own process (default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed calls per median (default 10); teacher runs and typing "
+                             "sessions: repeats // 2, between 1 and 3")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (torch.set_num_threads / onnxruntime)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--label", default="", help="free text stored with the results")
+    parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd"),
+                        help="instead of --model: random-weight SD-1.5-shaped frames/s "
+                             "(needs CUDA; tiny-sd: a 32-px stand-in for tests)")
+    parser.add_argument("--compile", default="reduce-overhead",
+                        choices=("none", "reduce-overhead", "max-autotune"),
+                        help="with --arch on CUDA: the torch.compile variant (default "
+                             "reduce-overhead)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --arch sd15: run on CPU anyway (slow)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.repeats < 1:
+        raise EngineError("--repeats must be at least 1.")
+    if args.threads is not None and args.threads < 1:
+        raise EngineError("--threads must be at least 1.")
+    logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING,
+                        format="%(message)s")
+    backends = ["torch", "onnx"] if args.backend == "all" else [args.backend]
+    if args.arch:
+        from engine.bench.gpu import bench_arch
+        from engine.bench.report import gpu_report
+
+        report = bench_arch(args.arch, args.device, args.repeats, args.force, args.compile,
+                            tuple(backends))
+        print(json.dumps(report) if args.json else gpu_report(report))
+        return 0
+    from engine.bench.report import live_report
+    from engine.bench.runner import bench
+    from engine.pipeline.loading import default_model
+
+    model = args.model or default_model()
+    if model is None:
+        raise EngineError("No embedded model is installed in assets/models yet; pass --model "
+                          "DIR (a model folder).")
+    report = bench(str(model), backends, args.device, args.repeats, args.threads, args.label)
+    print(json.dumps(report) if args.json else live_report(report))
+    return 0

@@ -1,0 +1,190 @@
+"""onnxruntime backend: TensorRT > CUDA > CPU providers, sessions created once and reused.
+
+OnnxBackend.load(model) takes a model folder (its export is looked up in model_dir/onnx or
+the user cache and built on first use) or an export folder with manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.api import EngineError, ModelLoadError
+from engine.pipeline.schedule import NoiseSchedule
+from engine.pipeline.text import TextEmbedding, resolve_package_model_path
+from engine.runtime.onnx_export import export_model, resolve_export
+
+log = logging.getLogger("engine.runtime.onnx")
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = PROVIDER_ORDER[:2]
+# Measured on the 2-core Xeon (docs/benchmarks.md): one intra-op thread per physical core.
+THREADS_ENV = "DMD_ORT_THREADS"
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise EngineError("onnxruntime is not installed; pip install onnxruntime "
+                          "(or onnxruntime-gpu for CUDA).") from error
+    return onnxruntime
+
+
+def pick_providers(device: str = "auto") -> list[str]:
+    """Providers in priority order for a device: auto, cpu, cuda or tensorrt."""
+    available = import_ort().get_available_providers()
+    wanted = {"auto": PROVIDER_ORDER, "cpu": PROVIDER_ORDER[2:],
+              "cuda": PROVIDER_ORDER[1:], "tensorrt": PROVIDER_ORDER}.get(device.split(":")[0])
+    if wanted is None:
+        raise EngineError(f"Unknown device {device!r} for onnx; use auto, cpu, cuda or tensorrt.")
+    chosen = [p for p in wanted if p in available]
+    if device.startswith(("cuda", "tensorrt")) and not any(p in GPU_PROVIDERS for p in chosen):
+        raise EngineError("CUDA was requested but onnxruntime has no CUDA provider; install "
+                          "onnxruntime-gpu or use --device cpu.")
+    return chosen or ["CPUExecutionProvider"]
+
+
+def default_threads() -> int:
+    """Intra-op threads: $DMD_ORT_THREADS, else the physical core count (at most 8)."""
+    if os.environ.get(THREADS_ENV, "").isdigit():
+        return max(1, int(os.environ[THREADS_ENV]))
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        cores = os.cpu_count() or 1
+    return max(1, min(int(cores), 8))
+
+
+def load_tokenizer(source_dir: Path):
+    """The tokenizer of a model folder: tokenizer/ or the text_encoder_package's folder."""
+    from transformers import AutoTokenizer
+
+    folder = source_dir / "tokenizer"
+    if not folder.is_dir():
+        index_path = source_dir / "model_index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        if not index.get("text_encoder_package"):
+            raise ModelLoadError(f"{source_dir} has no tokenizer/ folder.")
+        folder = resolve_package_model_path(index["text_encoder_package"])
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+class OnnxBackend:
+    """Runs the four exported graphs with onnxruntime; tensors cross as torch CPU tensors."""
+
+    name = "onnx"
+
+    def __init__(self, folder: Path, manifest: dict, providers: list[str], threads: int):
+        ort = import_ort()
+        self.folder, self.manifest, self.threads = folder, manifest, threads
+        self.model_dir = Path(manifest["source_model_dir"])
+        self.image_size = int(manifest["image_size"])
+        self.latent_size = int(manifest["latent_size"])
+        self.latent_channels = int(manifest["latent_channels"])
+        self.conditioning_channels = int(manifest["conditioning_channels"])
+        self.pooled_text = bool(manifest["pooled_text"])
+        self.text_config = manifest["text"]
+        self.np_dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
+        self.schedule = NoiseSchedule.from_folder(self.model_dir / "scheduler")
+        student_path = self.model_dir / "student.json"
+        self.student_config = json.loads(student_path.read_text()) if student_path.is_file() \
+            else {}
+        self.tokenizer = load_tokenizer(self.model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: the GUI thread shares these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        provider_args = [self.provider_options(p) for p in providers]
+        self.sessions = {
+            part: ort.InferenceSession(str(folder / entry["file"]), sess_options=options,
+                                       providers=list(zip(providers, provider_args, strict=True)))
+            for part, entry in manifest["files"].items()
+        }
+        self.device = self.sessions["unet"].get_providers()[0]
+        if torch.get_num_threads() > 1:
+            # The generator's torch glue ops work on tiny tensors; with an OpenMP pool they
+            # stall for milliseconds per op whenever another process holds a core.
+            torch.set_num_threads(1)
+        log.info("onnx backend: %s, %d intra-op threads, %s graphs from %s", self.device,
+                 threads, manifest["dtype"], folder)
+
+    def provider_options(self, provider: str) -> dict:
+        if provider == "TensorrtExecutionProvider":
+            return {"trt_fp16_enable": self.np_dtype == np.float16,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(self.folder / "trt-cache")}
+        return {}
+
+    @classmethod
+    def load(cls, model: str, device: str = "auto", threads: int | None = None) -> OnnxBackend:
+        """Open (exporting first if needed) the ONNX graphs of a model or export folder."""
+        providers = pick_providers(device)
+        fp16 = providers[0] in GPU_PROVIDERS
+        folder, manifest = resolve_export(model, fp16=fp16)
+        if manifest is None:
+            log.warning("no current ONNX export of %s: exporting%s into %s (once)", model,
+                        " fp16" if fp16 else "", folder)
+            start = time.perf_counter()
+            manifest = export_model(model, folder, fp16=fp16)
+            log.warning("ONNX export done in %.1f s", time.perf_counter() - start)
+        return cls(folder, manifest, providers, threads or default_threads())
+
+    # -- protocol --------------------------------------------------------------------------
+    def run(self, part: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[part].run(None, feeds)
+
+    def floats(self, tensor: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=self.np_dtype)
+
+    def encode_text(self, prompts: list[str]) -> TextEmbedding:
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                max_length=int(self.text_config["max_length"]),
+                                return_tensors="np")
+        feeds = {"input_ids": tokens["input_ids"].astype(np.int64)}
+        if self.text_config["uses_attention_mask"]:
+            feeds["attention_mask"] = tokens["attention_mask"].astype(np.int64)
+        states, pooled = self.run("text_encoder", feeds)
+        return TextEmbedding(torch.from_numpy(states), torch.from_numpy(pooled))
+
+    def unet(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
+             conditioning: torch.Tensor | None) -> torch.Tensor:
+        sample = self.floats(x_t)
+        if self.conditioning_channels:
+            extra = np.zeros((sample.shape[0], self.conditioning_channels, *sample.shape[2:]),
+                             self.np_dtype) if conditioning is None else self.floats(conditioning)
+            sample = np.concatenate([sample, extra], axis=1)
+        feeds = {"sample": sample,
+                 "timestep": t.detach().cpu().numpy().astype(np.int64).reshape(-1),
+                 "encoder_hidden_states": self.floats(text.token_states)}
+        if self.pooled_text:
+            feeds["class_labels"] = self.floats(text.pooled)
+        return torch.from_numpy(self.run("unet", feeds)[0])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run("vae_encoder", {"images": self.floats(images)})[0])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run("vae_decoder", {"latents": self.floats(latents)})[0])
+
+    def warm_up(self) -> None:
+        text = self.encode_text(["warm up"])
+        shape = (1, self.latent_channels, self.latent_size, self.latent_size)
+        x_t = torch.zeros(shape)
+        self.unet(x_t, torch.tensor([999]), text, None)
+        self.decode(x_t)
+        self.encode_image(torch.zeros(1, 3, self.image_size, self.image_size))
+
+    def synchronize(self) -> None:
+        """session.run is synchronous: outputs are on the host when it returns."""

@@ -1,0 +1,126 @@
+"""The bench command: documented JSON keys, helpers, teacher lookup, the SD-1.5 CPU guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.api import EngineError, StageTimings
+from engine.bench.timing import median_ms, peak_rss_mb, percentile
+
+ROOT = Path(__file__).resolve().parents[2]
+NUMBER_KEYS = ("threads", "keystroke_p50_ms", "keystroke_p95_ms", "student_ms", "teacher_ms",
+               "speedup_vs_teacher", "peak_rss_mb", "text_ms", "unet_ms", "decode_ms",
+               "student_4step_ms", "keystroke_burst_p50_ms", "keystroke_burst_p95_ms",
+               "encode_image_ms", "load_s", "image_size", "latent_size")
+
+
+def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
+    model = tmp_path / "student"
+    import shutil
+
+    shutil.copytree(tiny_student_dir, model)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "engine", "bench", "--model", str(model), "--json",
+         "--repeats", "2"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert [r["backend"] for r in report["results"]] == ["torch", "onnx"]
+    for item in (report, *report["results"]):
+        assert item["backend"] in ("torch", "onnx") and item["device"]
+        for key in NUMBER_KEYS:
+            assert isinstance(item[key], (int, float)) and item[key] > 0, key
+        assert "same UNet" in item["teacher_label"]
+        assert item["machine"]["cpu"]
+    for item in report["results"]:
+        paced = item["keystroke"]["paced"]
+        assert paced["keystrokes"] == 40 * paced["sessions"]
+        assert paced["frames_delivered"] + paced["requests_dropped"] == paced["keystrokes"]
+        assert paced["frames_delivered"] > 0
+
+
+def test_percentile_and_median():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == pytest.approx(np.percentile(values, 50))
+    assert percentile(values, 0.95) == pytest.approx(np.percentile(values, 95))
+    assert percentile([], 0.5) == 0.0
+    assert median_ms(lambda: time.sleep(0.002), 3) >= 2.0
+    assert peak_rss_mb() > 10
+
+
+class FakeBackend:
+    name, device = "fake", "cpu"
+
+
+class FakeGenerator:
+    """Takes 20 ms per frame, like a real model; the bench only needs generate and caches."""
+
+    def __init__(self):
+        from engine.pipeline.generator import LruCache
+
+        self.backend, self.text_cache = FakeBackend(), LruCache(4)
+
+    def generate(self, request):
+        time.sleep(0.02)
+        return np.zeros((8, 8, 3), np.uint8), StageTimings()
+
+
+def test_keystroke_burst_drops_stale_requests(no_thread_leak):
+    from engine.bench.keystroke import keystroke_stats
+
+    stats = keystroke_stats(FakeGenerator(), sessions=1, rate=None)
+    assert stats["keystrokes"] == 40 and stats["frames_delivered"] >= 1
+    assert stats["requests_dropped"] >= 35  # 40 keys at once: nearly all superseded
+    assert 20 <= stats["p50_ms"] < 1000
+
+
+def test_find_teacher_only_takes_local_folders(tiny_model_dir, tmp_path):
+    from engine.bench.stages import find_teacher
+
+    assert find_teacher({"teacher": str(tiny_model_dir)}, tmp_path) == tiny_model_dir
+    assert find_teacher({"teacher": "someone/hub-model"}, tmp_path) is None
+    assert find_teacher({"teacher": "tiny"}, tmp_path) is None
+    assert find_teacher({}, tmp_path) is None
+
+
+def test_sd15_on_cpu_is_refused_without_force(capsys):
+    from engine.__main__ import main
+
+    assert main(["bench", "--arch", "sd15", "--device", "cpu"]) == 2
+    assert "needs CUDA" in capsys.readouterr().err
+
+
+def test_tiny_sd_arch_runs_every_cpu_variant():
+    from engine.bench.gpu import bench_arch
+    from engine.bench.report import gpu_report
+
+    report = bench_arch("tiny-sd", "cpu", repeats=1, backends=("torch", "onnx"))
+    names = [v["variant"] for v in report["variants"]]
+    assert names == ["torch eager", "onnxruntime CPUExecutionProvider"]
+    assert all(v["fps"] > 0 for v in report["variants"]), report["variants"]
+    assert "frames/s" in gpu_report(report)
+
+
+def test_no_model_gives_a_clear_error(monkeypatch):
+    from engine.cli import bench
+
+    monkeypatch.setattr("engine.pipeline.loading.default_model", lambda: None)
+    args = bench_args(model=None)
+    with pytest.raises(EngineError, match="--model"):
+        bench.run(args)
+
+
+def bench_args(**overrides):
+    import argparse
+
+    defaults = {"model": None, "backend": "onnx", "device": "cpu", "repeats": 1, "threads": None,
+                "json": True, "label": "", "arch": None, "compile": "none", "force": False}
+    return argparse.Namespace(**{**defaults, **overrides})

@@ -1,0 +1,213 @@
+"""ONNX export parity, the onnx backend against torch, and the live service over both."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.api import GenerateRequest
+from engine.runtime.onnx_export import (
+    MANIFEST,
+    cache_dir_for,
+    compare_export,
+    export_model,
+    read_manifest,
+    resolve_export,
+)
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def student_copy(tmp_path_factory, tiny_student_dir):
+    """A private copy of the tiny student: the backend writes its onnx/ cache into it."""
+    return shutil.copytree(tiny_student_dir, tmp_path_factory.mktemp("onnx") / "student")
+
+
+@pytest.fixture(scope="module")
+def sketch_copy(tmp_path_factory, tiny_sketch_model_dir):
+    return shutil.copytree(tiny_sketch_model_dir, tmp_path_factory.mktemp("onnx") / "sketch")
+
+
+@pytest.fixture(scope="module")
+def backends(student_copy):
+    from engine.runtime import create_backend
+
+    return {name: create_backend(str(student_copy), name, "cpu") for name in ("torch", "onnx")}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_sketch_model_dir"])
+def test_export_parity_per_graph(fixture, request, tmp_path):
+    model = request.getfixturevalue(fixture)
+    manifest = export_model(model, tmp_path / "export")
+    assert manifest["opset"] >= 17 and manifest["dtype"] == "float32"
+    assert set(manifest["files"]) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert manifest["pooled_text"] == (fixture == "tiny_sketch_model_dir")
+    unet_inputs = manifest["files"]["unet"]["inputs"]
+    assert ("class_labels" in unet_inputs) == manifest["pooled_text"]
+    assert unet_inputs["sample"][1] == (8 if manifest["pooled_text"] else 4)
+    differences = compare_export(model, tmp_path / "export", batch=2)
+    assert max(differences.values()) <= 1e-3, differences
+
+
+def test_export_refuses_foreign_folder_and_fp16_marks_manifest(tiny_model_dir, tmp_path):
+    from engine.__main__ import main
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert main(["export-onnx", "--model", str(tiny_model_dir), "--out", str(foreign)]) == 2
+    assert (foreign / "keep.txt").is_file()
+    out = tmp_path / "fp16"
+    assert main(["export-onnx", "--model", str(tiny_model_dir), "--out", str(out),
+                 "--fp16"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["dtype"] == "float16" and (out / "unet.onnx").is_file()
+
+
+def test_backend_exports_on_first_use_then_reuses(student_copy, backends):
+    folder, manifest = resolve_export(student_copy)
+    assert folder == student_copy / "onnx" and manifest is not None
+    assert backends["onnx"].device == "CPUExecutionProvider"
+    assert backends["onnx"].student_config["timesteps"] == [999]
+    from engine.runtime.onnx_backend import OnnxBackend
+
+    direct = OnnxBackend.load(str(folder), "cpu")  # an export folder works as well
+    assert direct.model_dir.resolve() == student_copy.resolve()
+
+
+def test_stale_export_is_detected_and_cache_falls_back(student_copy, monkeypatch, tmp_path):
+    weights = next((student_copy / "unet").glob("*.safetensors"))
+    stat = weights.stat()
+    import os
+
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert resolve_export(student_copy)[1] is None  # weights changed: export again
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert resolve_export(student_copy)[1] is not None
+    monkeypatch.setattr("engine.runtime.onnx_export._writable", lambda folder: False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = cache_dir_for(student_copy, fp16=False)
+    assert str(cache).startswith(str(tmp_path / ".cache" / "dmd-studio" / "onnx"))
+
+
+def test_text_unet_decode_match_torch(backends):
+    torch_backend, onnx_backend = backends["torch"], backends["onnx"]
+    prompts = ["a red apple", "rocket"]
+    text_t, text_o = torch_backend.encode_text(prompts), onnx_backend.encode_text(prompts)
+    assert torch.allclose(text_t.token_states, text_o.token_states, atol=1e-4)
+    assert torch.allclose(text_t.pooled, text_o.pooled, atol=1e-4)
+    x = torch.randn(2, 4, 4, 4)
+    t = torch.tensor([999, 500])
+    assert torch.allclose(torch_backend.unet(x, t, text_t, None),
+                          onnx_backend.unet(x, t, text_o, None), atol=1e-4)
+    assert torch.allclose(torch_backend.decode(x), onnx_backend.decode(x), atol=1e-4)
+
+
+def test_generate_images_match_torch(backends):
+    from engine.bench.stages import TeacherView
+    from engine.pipeline.generator import Generator
+
+    images = {}
+    for name, backend in backends.items():
+        generator = Generator(backend)
+        images[name] = [generator.generate(GenerateRequest("rocket", seed=3, steps=steps))[0]
+                        for steps in (1, 4)]
+        images[name].append(Generator(TeacherView(backend)).generate(GenerateRequest(
+            "rocket", seed=3, teacher_steps=4, guidance=3.0))[0])
+    for a, b in zip(images["torch"], images["onnx"], strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_sketch_model_generate_matches_torch(sketch_copy):
+    from engine.pipeline.generator import Generator
+    from engine.runtime import create_backend
+
+    sketch = np.full((32, 32, 3), 255, np.uint8)
+    sketch[8:24, 15:17] = 0
+    request = GenerateRequest("cat face", seed=1, sketch=sketch)
+    images = [Generator(create_backend(str(sketch_copy), name, "cpu")).generate(request)[0]
+              for name in ("torch", "onnx")]
+    assert np.abs(images[0].astype(int) - images[1].astype(int)).max() <= 2
+
+
+# -- the live service over both backends --------------------------------------------------
+@pytest.fixture(params=["torch", "onnx"])
+def generator(request, backends):
+    from engine.pipeline.generator import Generator
+
+    return Generator(backends[request.param])
+
+
+class Gate:
+    """Wraps a generator so the test decides when the first request may finish."""
+
+    def __init__(self, generator):
+        self.generator, self.backend = generator, generator.backend
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def generate(self, request):
+        self.started.set()
+        self.release.wait(10)
+        return self.generator.generate(request)
+
+
+def collect(generator):
+    from engine.service import GenerationService
+
+    results, arrived = [], threading.Event()
+
+    def on_result(result):
+        results.append(result)
+        arrived.set()
+
+    return GenerationService(generator, on_result), results, arrived
+
+
+def test_service_latest_wins(generator, no_thread_leak):
+    gate = Gate(generator)
+    service, results, arrived = collect(gate)
+    try:
+        service.submit(GenerateRequest("a"))
+        assert gate.started.wait(10)
+        for prompt in ("ab", "abc", "abcd"):
+            last = service.submit(GenerateRequest(prompt))
+        gate.release.set()
+        assert arrived.wait(10)
+        deadline = threading.Event()
+        while not any(r.request_id == last for r in results) and not deadline.wait(0.01):
+            pass
+    finally:
+        service.close()
+    assert [r.request_id for r in results] == [last]
+    assert results[0].ok and results[0].image.shape == (32, 32, 3)
+    assert results[0].backend == generator.backend.name
+
+
+def test_service_failed_result_then_recovers(generator, no_thread_leak):
+    service, results, arrived = collect(generator)
+    try:
+        service.submit(GenerateRequest("bad", strength=2.0))
+        assert arrived.wait(10)
+        arrived.clear()
+        service.submit(GenerateRequest("good"))
+        assert arrived.wait(10)
+    finally:
+        service.close()
+    assert results[0].error and not results[0].ok
+    assert results[1].ok and service.is_alive() is False
+
+
+def test_service_close_joins_while_running(generator, no_thread_leak):
+    gate = Gate(generator)
+    service, results, _ = collect(gate)
+    service.submit(GenerateRequest("x"))
+    assert gate.started.wait(10)
+    threading.Timer(0.05, gate.release.set).start()
+    service.close(timeout=10)
+    assert not service.is_alive() and results == []
+    assert MANIFEST == "manifest.json"
