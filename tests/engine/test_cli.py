@@ -16,11 +16,26 @@ def run_cli(*args, timeout=120):
                           text=True, timeout=timeout, env=env)
 
 
+def run_in_process(capsys, *args):
+    """The same entry point as `python -m engine`, without a new interpreter (faster)."""
+    from engine.__main__ import main
+
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def assert_clean_error(result, fragment):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_a_bad_model_exits_2_with_one_line_in_a_real_process(tmp_path):
+    result = run_cli("generate", "--model", tmp_path / "nope", "--prompt", "x", "--out",
+                     tmp_path / "o.png")
+    assert_clean_error(result, "does not exist")
 
 
 def test_help_lists_the_subcommands():
@@ -64,8 +79,8 @@ def test_generate_img2img_and_teacher(tiny_model_dir, tmp_path):
     assert result.returncode == 0 and (tmp_path / "teacher.png").is_file()
 
 
-def test_info_json(tiny_model_dir):
-    result = run_cli("info", "--model", tiny_model_dir, "--json")
+def test_info_json(tiny_model_dir, capsys):
+    result = run_in_process(capsys, "info", "--model", tiny_model_dir, "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["components"]["unet"]["class"] == "UNet2DConditionModel"
@@ -76,7 +91,7 @@ def test_info_json(tiny_model_dir):
 
 @pytest.mark.parametrize("case", ["missing", "no_unet", "corrupt", "bad_init", "strength",
                                   "hub_offline"])
-def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path):
+def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path, capsys):
     import shutil
 
     model, extra = str(tiny_model_dir), []
@@ -96,7 +111,7 @@ def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path):
         extra, fragment = ["--init", str(tmp_path / "x.png"), "--strength", "1.5"], "--strength"
     else:
         model, fragment = "nobody-here/no-such-model-xyz", "not available offline"
-    result = run_cli("generate", "--model", model, "--prompt", "x", "--out",
-                     tmp_path / "o.png", *extra)
+    result = run_in_process(capsys, "generate", "--model", model, "--prompt", "x", "--out",
+                            tmp_path / "o.png", *extra)
     assert_clean_error(result, fragment)
     assert not (tmp_path / "o.png").exists()
