@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -145,9 +146,22 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+def has_display() -> bool:
+    """Whether Qt can open a window: a display server, or a platform chosen explicitly."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Wire QApplication, settings, the live engine and the main window; run the event loop."""
     options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if not has_display():
+        if not options.screenshot:
+            print("error: no display found (DISPLAY/WAYLAND_DISPLAY unset); run on a desktop, "
+                  "or set QT_QPA_PLATFORM=offscreen.", file=sys.stderr)
+            return 2
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
     QApplication.setApplicationName(APP_NAME)
     QApplication.setOrganizationName("dmd-studio")
     application = QApplication.instance() or QApplication([sys.argv[0]])

@@ -68,3 +68,13 @@ def test_a_real_tiny_sketch_model_answers_a_stroke(qtbot, make_window, tiny_sket
     qtbot.waitUntil(sketch_frame_arrived, timeout=60_000)
     assert tab.last_result.ok and tab.last_result.backend == "torch"
     assert "torch/cpu" in tab.meter.text()
+
+
+def test_no_display_is_a_one_line_error_and_exit_2():
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, "main.py"], cwd=Path(__file__).parents[2], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no display" in lines[0]
