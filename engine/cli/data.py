@@ -9,9 +9,11 @@ from engine.api import EngineError
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "data", help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches).")
+        "data",
+        help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches).")
     parser.add_argument("source", choices=["emoji"], help="dataset to build")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder (replaced atomically)")
     parser.add_argument("--font", type=Path, default=None,
                         help="color emoji font (default: the Debian fonts-noto-color-emoji file)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N emoji (tests)")

@@ -93,7 +93,8 @@ def load_font(path: Path | None) -> ImageFont.FreeTypeFont:
                           f"{FONT_SIZE}: {error}.") from error
 
 
-def render_emoji(char: str, font: ImageFont.FreeTypeFont, size: int = IMAGE_SIZE) -> np.ndarray | None:
+def render_emoji(char: str, font: ImageFont.FreeTypeFont,
+                 size: int = IMAGE_SIZE) -> np.ndarray | None:
     """The glyph at its native bitmap size, composited on white, padded square, resized."""
     left, top, right, bottom = font.getbbox(char)
     width, height = max(right - left, 1), max(bottom - top, 1)

@@ -1,0 +1,69 @@
+"""`python -m engine eval`: score a model on the held-out emoji captions (fd, alignment, top5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.api import EngineError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="Score a model on held-out emoji captions: fd, alignment, top5, seconds_per_image.")
+    parser.add_argument("--model", help="model folder (default: the shipped embedded model)")
+    parser.add_argument("--real", action="store_true",
+                        help="score the real held-out images instead (the ceiling)")
+    parser.add_argument("--steps", type=int, default=1, help="student steps (1, 2 or 4)")
+    parser.add_argument("--teacher-steps", type=int, default=0,
+                        help="N > 0: the teacher's N-step DDIM sampler with CFG")
+    parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (teacher)")
+    parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="dataset folder")
+    parser.add_argument("--evaluator", type=Path, default=Path("runs/evaluator"),
+                        help="evaluator folder (train-evaluator)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from engine.embedded.dataset import load_dataset
+    from engine.embedded.latents import encode_captions, load_minilm
+    from engine.eval.evaluator import load_evaluator
+    from engine.eval.metrics import generate_images, pipeline_generator, score_images
+
+    if args.steps < 1 or args.teacher_steps < 0 or args.limit < 0:
+        raise EngineError("--steps must be positive and --teacher-steps, --limit not negative.")
+    evaluator = load_evaluator(args.evaluator)
+    data = load_dataset(args.data)
+    ids = [i for i, held in enumerate(data.heldout) if held]
+    if args.limit:
+        ids = ids[:args.limit]
+    if len(ids) < 2:
+        raise EngineError("Scoring needs at least two held-out images in the dataset.")
+    captions = [data.captions[i] for i in ids]
+    real = data.images[ids]
+    _, pooled = encode_captions(load_minilm(), captions)
+    if args.real:
+        images, seconds, model = real, 0.0, "real"
+    else:
+        from engine.cli.common import model_or_default
+
+        model = model_or_default(args.model)
+        generate_one = pipeline_generator(model, args.steps, args.teacher_steps, args.guidance,
+                                          args.device, real.shape[1], args.backend)
+        images, seconds = generate_images(generate_one, captions, args.seed)
+    scores = score_images(evaluator, images, pooled, real)
+    result = {"model": str(model), "images": len(captions), **scores,
+              "seconds_per_image": seconds, "steps": args.steps,
+              "teacher_steps": args.teacher_steps, "guidance": args.guidance}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value}")
+    return 0

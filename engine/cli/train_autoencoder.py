@@ -1,0 +1,109 @@
+"""`python -m engine train-autoencoder`: train the embedded model's tiny 8x autoencoder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from engine.api import EngineError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-autoencoder",
+        help="Train the embedded 8x autoencoder (AutoencoderTiny) on an emoji dataset.")
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (engine data)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="run folder: checkpoints/, metrics.jsonl, vae/ (the export)")
+    parser.add_argument("--steps", type=int, default=12000, help="total optimisation steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8)")
+    parser.add_argument("--channels", type=int, default=32, help="channels of every block")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=500, help="held-out PSNR interval")
+    parser.add_argument("--save-every", type=int, default=250, help="checkpoint interval")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--export-only", action="store_true",
+                        help="write vae/ from the last checkpoint and exit")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from engine.embedded import checkpoint as ckpt
+    from engine.embedded.autoencoder import (
+        AutoencoderTrainer,
+        decode_ms,
+        evaluate_psnr,
+        reconstruction_grid,
+    )
+    from engine.embedded.checkpoint import MetricsLog, StopFlag, write_json
+    from engine.embedded.dataset import load_dataset
+
+    if args.crop % 8 or args.crop < 16:
+        raise EngineError("--crop must be a multiple of 8 and at least 16.")
+    if args.steps < 1 or args.batch < 1:
+        raise EngineError("--steps and --batch must be positive.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise EngineError("--device cuda was asked for but no CUDA GPU is available.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(args.data)
+    trainer = AutoencoderTrainer(data, channels=args.channels, lr=args.lr, total_steps=args.steps,
+                                 batch=args.batch, crop=args.crop, device=args.device)
+    checkpoints = ckpt.checkpoint_dirs(args.out)
+    if args.resume or args.export_only:
+        if not checkpoints:
+            raise EngineError(f"No checkpoint in {args.out}/checkpoints to resume from.")
+        trainer.resume(checkpoints[-1])
+        print(f"resumed from {checkpoints[-1]} at step {trainer.step}")
+    elif checkpoints:
+        raise EngineError(f"{args.out} already has checkpoints; pass --resume or another --out.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "config.json", {**trainer.config, "data": str(args.data)})
+    metrics = MetricsLog(args.out)
+    all_images = torch.from_numpy(data.images[~data.heldout])
+
+    def finish(save: bool = True) -> None:
+        if save:
+            trainer.save(args.out)
+        info = trainer.export(args.out / "vae", all_images)
+        info["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
+        info["decode_ms_batch1"] = decode_ms(trainer.ae.to("cpu"))
+        trainer.ae.to(trainer.device)
+        write_json(args.out / "vae" / "training.json", info)
+        grid = reconstruction_grid(trainer.ae, trainer.heldout)
+        Image.fromarray(grid).save(args.out / "reconstructions.png")
+        print(f"exported {args.out / 'vae'}: held-out PSNR {info['heldout_psnr']:.2f} dB, "
+              f"scaling_factor {info['scaling_factor']:.4f}, "
+              f"decode {info['decode_ms_batch1']:.1f} ms")
+
+    if args.export_only:
+        finish(save=False)
+        return 0
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="autoencoder", unit="step")
+    started = time.perf_counter()
+    first_step = trainer.step
+    with StopFlag() as stop:
+        while trainer.step < args.steps and not stop.requested:
+            logs = trainer.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if trainer.step % 50 == 0:
+                rate = (trainer.step - first_step) / (time.perf_counter() - started)
+                record = {"step": trainer.step, **logs, "it_per_s": rate,
+                          "eta_s": (args.steps - trainer.step) / max(rate, 1e-9)}
+                if trainer.step % args.eval_every == 0:
+                    record["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
+                    bar.write(f"step {trainer.step}: held-out PSNR {record['heldout_psnr']:.2f} dB")
+                metrics.write(record)
+            if trainer.step % args.save_every == 0:
+                trainer.save(args.out)
+    bar.close()
+    finish()
+    return 0

@@ -1,0 +1,111 @@
+"""Evaluator: Frechet distance, alignment/top-5, contrastive training, the eval CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.__main__ import main
+from engine.embedded.dataset import write_dataset
+from engine.eval.evaluator import EvaluatorConfig, load_evaluator, save_evaluator, train_evaluator
+from engine.eval.metrics import alignment_scores, frechet_distance, image_features, score_images
+
+SMALL = EvaluatorConfig(widths=(8, 16), feature_dim=16, embed_dim=16, image_size=32)
+COLOURS = [(230, 20, 20), (20, 200, 20), (20, 20, 230), (240, 220, 20), (150, 20, 200),
+           (20, 200, 220)]
+
+
+def colour_images(size: int = 64) -> np.ndarray:
+    images = np.full((len(COLOURS), size, size, 3), 255, np.uint8)
+    for index, colour in enumerate(COLOURS):
+        images[index, size // 4:3 * size // 4, size // 4:3 * size // 4] = colour
+    return images
+
+
+def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((400, 4))
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
+    shifted = frechet_distance(features, features + 2.0)
+    assert shifted == pytest.approx(4 * 4.0, rel=1e-3)  # ||mu shift||^2, same covariance
+    scaled = frechet_distance(features, features * 2.0)
+    assert scaled > 1.0
+
+
+def test_alignment_and_top5_on_known_embeddings():
+    text = torch.eye(8)
+    perfect = alignment_scores(text.clone(), text)
+    assert perfect["alignment"] == pytest.approx(1.0) and perfect["top5"] == 1.0
+    assert perfect["top1"] == 1.0
+    wrong = alignment_scores(text.roll(1, dims=0), text)  # each image matches another caption
+    assert wrong["alignment"] == pytest.approx(0.0)
+    assert wrong["top1"] == 0.0
+
+
+def test_evaluator_learns_colour_captions_and_round_trips(tmp_path):
+    images = colour_images()
+    text = torch.nn.functional.normalize(torch.randn(len(COLOURS), 384,
+                                                     generator=torch.Generator().manual_seed(1)),
+                                         dim=-1)
+    model, losses = train_evaluator(images, text, steps=60, batch=6, lr=5e-3, config=SMALL)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    scores = score_images(model, images, text, images)
+    assert scores["fd"] == pytest.approx(0.0, abs=1e-3)
+    assert scores["top1"] >= 0.8 and scores["alignment"] > 0.5
+    save_evaluator(model, tmp_path / "ev", {"steps": 60})
+    loaded = load_evaluator(tmp_path / "ev")
+    assert np.allclose(image_features(loaded, images)[0], image_features(model, images)[0])
+
+
+def test_eval_cli_real_prints_one_json_object(tmp_path, capsys):
+    images = colour_images(128)
+    heldout = np.ones(len(COLOURS), bool)
+    captions = ["red square", "green square", "blue square", "yellow square", "purple square",
+                "cyan square"]
+    write_dataset(tmp_path / "data", {"images": images, "sketches": images[..., 0],
+                                      "heldout": heldout, "variant": ~heldout},
+                  captions, {"count": len(captions)})
+    model, _ = train_evaluator(images, torch.randn(len(captions), 384), steps=2, batch=6,
+                               config=SMALL)
+    save_evaluator(model, tmp_path / "ev")
+    code = main(["eval", "--real", "--json", "--data", str(tmp_path / "data"),
+                 "--evaluator", str(tmp_path / "ev")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    assert {"fd", "alignment", "top5", "seconds_per_image"} <= result.keys()
+    assert result["fd"] == pytest.approx(0.0, abs=1e-3) and result["images"] == 6
+    assert result["top5"] >= 5 / 6 - 1e-6  # 6 captions: top-5 misses at most one
+
+
+def test_eval_cli_without_evaluator_is_an_error(tmp_path, capsys):
+    assert main(["eval", "--real", "--evaluator", str(tmp_path / "none")]) == 2
+    assert "train-evaluator" in capsys.readouterr().err
+
+
+def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypatch):
+    import engine.eval.metrics as metrics
+
+    images = colour_images(128)
+    captions = ["red", "green", "blue", "yellow", "purple", "cyan"]
+    write_dataset(tmp_path / "data", {"images": images, "sketches": images[..., 0],
+                                      "heldout": np.ones(6, bool), "variant": np.zeros(6, bool)},
+                  captions, {"count": 6})
+    model, _ = train_evaluator(images, torch.randn(6, 384), steps=2, batch=6, config=SMALL)
+    save_evaluator(model, tmp_path / "ev")
+    asked = {}
+
+    def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend):
+        asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance)
+        return lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # blank paper
+
+    monkeypatch.setattr(metrics, "pipeline_generator", fake_pipeline_generator)
+    code = main(["eval", "--model", str(tmp_path), "--teacher-steps", "3", "--guidance", "2.5",
+                 "--json", "--data", str(tmp_path / "data"), "--evaluator", str(tmp_path / "ev")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    assert asked == {"model": str(tmp_path), "steps": 1, "teacher_steps": 3, "guidance": 2.5}
+    assert result["fd"] > 1e-3  # blank images are far from the real ones
+    assert result["seconds_per_image"] >= 0 and result["images"] == 6
