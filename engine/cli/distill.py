@@ -68,8 +68,15 @@ def add_parser(subparsers) -> None:
         help="text file with one prompt a line (default: the emoji captions for the embedded "
              "teacher, a built-in list of generic prompts otherwise)")
     add("--real-data", type=Path, default=None,
-        help="real images for the GAN: an emoji dataset folder or images with same-name .txt "
-             "captions (encoded once and cached)")
+        help="real images for the GAN and sketches for --sketch-fraction: an emoji dataset "
+             "folder, or images with same-name .txt captions and optional same-name sketches "
+             "in DIR/sketches/ (encoded once and cached)")
+    add("--sketch-fraction", type=float, default=None,
+        help="share of each batch conditioned on a (caption, sketch) pair of the real data, "
+             "for teachers with sketch channels (the embedded one); the student, critic and "
+             "teacher all see the same sketch latent, the rest gets zeros (default 0.5 when "
+             "the teacher has sketch channels and the data has sketches, else 0; 0 trains "
+             "text-only)")
     add("--gradient-checkpointing", action="store_true", default=None,
         help="recompute UNet activations in the backward pass (less memory, ~30%% slower)")
     add("--lora-rank", type=int, default=None,

@@ -53,8 +53,7 @@ def remove_partial(checkpoints_dir: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, keep: int,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, keep: int) -> Path:
     """Save accelerate state for step (all ranks call this); returns the final folder."""
     checkpoints_dir = Path(checkpoints_dir)
     tmp = checkpoints_dir / f"{TMP_PREFIX}step-{step}"  # same name on every rank
@@ -68,7 +67,7 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, keep: int,
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = {"step": step, "format": FORMAT_VERSION, "time": time.time(), **(extra or {})}
+        info = {"step": step, "format": FORMAT_VERSION, "time": time.time()}
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=1))
         if final.exists():  # e.g. a stop signal right after a periodic save of this step
             stale = checkpoints_dir / f"{TMP_PREFIX}old-step-{step}"

@@ -46,6 +46,9 @@ class DistillConfig:
     dm_max_t_fraction: float = 0.98
     prompts: str | None = None  # text file, one prompt a line (None: default list)
     real_data: str | None = None  # emoji dataset folder or folder of images (+ .txt captions)
+    # Share of each batch conditioned on a (caption, sketch) pair of the real data; None:
+    # 0.5 when the teacher has conditioning channels and the data has sketches, else 0.
+    sketch_fraction: float | None = None
     seed: int = 0
     device: str = "auto"
     gradient_checkpointing: bool = False
@@ -108,6 +111,10 @@ class DistillConfig:
             raise EngineError(f"--device must be auto, cpu or cuda, not {self.device!r}.")
         if self.progress not in PROGRESS_MODES:
             raise EngineError(f"--progress must be bar, json or none, not {self.progress!r}.")
+        if self.sketch_fraction is not None and not (
+                isinstance(self.sketch_fraction, int | float) and 0 <= self.sketch_fraction <= 1):
+            raise EngineError(f"--sketch-fraction must be between 0 and 1, not "
+                              f"{self.sketch_fraction}.")
         if not 0 <= self.dm_min_t_fraction < self.dm_max_t_fraction <= 1:
             raise EngineError("The DM timestep range must satisfy 0 <= min < max <= 1.")
         if self.method == "dmd":
@@ -144,14 +151,17 @@ class DistillConfig:
     @classmethod
     def load(cls, path: Path) -> DistillConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as error:
+            values = json.loads(Path(path).read_text())
+            # Runs saved before sketch conditioning existed were text-only; resume them so.
+            values.setdefault("sketch_fraction", 0.0)
+            return cls.from_dict(values)
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as error:
             raise EngineError(f"{path} is not a readable run config: {error}") from error
 
     def merged_for_resume(self, saved: DistillConfig, given: set[str]) -> DistillConfig:
         """The saved config with the allowed overrides from this command line."""
         for name in sorted(given):
-            if name in RESUMABLE_OVERRIDES or name in ("out",):
+            if name in RESUMABLE_OVERRIDES or name == "out":
                 continue
             if getattr(self, name) != getattr(saved, name):
                 flag = "--" + name.replace("_", "-")

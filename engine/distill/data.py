@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 EMBEDDED_DATA_DIR = REPO_DIR / "data" / "emoji"
 EMBEDDED_TEACHERS = ("embedded", "embedded-teacher")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SKETCH_FOLDER = "sketches"  # --real-data DIR/sketches/NAME.png: the sketch of DIR/NAME.png
 
 GENERIC_PROMPTS = [
     "a photograph of a red fox in the snow", "a bowl of ramen, studio lighting",
@@ -104,9 +107,20 @@ def epoch_indices(count: int, batch: int, step: int, seed: int, rank: int, world
     return indices
 
 
-# -- real images (GAN) -----------------------------------------------------------------------
-def load_real_images(folder: Path) -> tuple[np.ndarray, list[str]]:
-    """An emoji dataset folder (manifest.json) or image files with same-name .txt captions."""
+# -- real images (GAN) and their sketches (conditioning channels) ---------------------------
+@dataclass
+class RealData:
+    """Real training images, their captions and (optionally) paired line sketches."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    captions: list[str]
+    sketches: np.ndarray | None = None  # (N, H, W) or (N, H, W, 3) uint8, aligned with images
+    has_sketch: np.ndarray | None = None  # (N,) bool: False where a folder lacks a sketch
+
+
+def load_real_images(folder: Path) -> RealData:
+    """An emoji dataset folder (manifest.json; training split, with its sketches) or image
+    files with same-name .txt captions and optional same-name sketches in sketches/."""
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
         from engine.embedded.dataset import load_dataset
@@ -114,35 +128,121 @@ def load_real_images(folder: Path) -> tuple[np.ndarray, list[str]]:
         dataset = load_dataset(folder)
         keep = ~np.asarray(dataset.heldout, dtype=bool)
         captions = [c for c, k in zip(dataset.captions, keep, strict=False) if k]
-        return dataset.images[keep], captions
+        sketches = dataset.sketches[keep]
+        return RealData(dataset.images[keep], captions, sketches,
+                        np.ones(len(captions), dtype=bool))
     from PIL import Image
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise EngineError(f"{folder} holds no images (.png, .jpg, .webp) and no manifest.json.")
-    images, captions = [], []
+    images, captions, sketch_files = [], [], []
     for path in files:
         caption_path = path.with_suffix(".txt")
         captions.append(caption_path.read_text().strip() if caption_path.is_file() else "")
         images.append(np.asarray(Image.open(path).convert("RGB")))
-    sizes = {image.shape for image in images}
-    if len(sizes) > 1:
+        sketch_files.append(find_sketch(folder / SKETCH_FOLDER, path.stem))
+    if len({image.shape for image in images}) > 1:
         side = min(min(image.shape[:2]) for image in images)
-        images = [np.asarray(Image.fromarray(i).resize((side, side), Image.LANCZOS))
-                  for i in images]
-    return np.stack(images), captions
+        images = [resized(image, (side, side)) for image in images]
+    data = RealData(np.stack(images), captions)
+    if any(sketch_files):
+        size = data.images.shape[1:3]
+        blank = np.full((*size, 3), 255, dtype=np.uint8)
+        data.sketches = np.stack([
+            resized(np.asarray(Image.open(file).convert("RGB")), size) if file else blank
+            for file in sketch_files])
+        data.has_sketch = np.array([file is not None for file in sketch_files], dtype=bool)
+    return data
+
+
+def find_sketch(sketch_dir: Path, stem: str) -> Path | None:
+    """sketches/STEM.png (any image suffix) for the image STEM.*, if present."""
+    for suffix in IMAGE_SUFFIXES:
+        candidate = sketch_dir / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB uint8 image as (height, width) = size (unchanged when it already is)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.LANCZOS))
+
+
+def has_sketches(folder: Path) -> bool:
+    """Whether a real-data folder carries sketches (cheap: no image is read)."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        return (folder / "sketches.npy").is_file()
+    sketch_dir = folder / SKETCH_FOLDER
+    return sketch_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES
+                                       for p in sketch_dir.iterdir())
+
+
+def data_folder(config) -> Path | None:
+    """--real-data, else the emoji dataset for the embedded teacher (when it is built)."""
+    if config.real_data:
+        return Path(config.real_data)
+    if config.teacher in EMBEDDED_TEACHERS and (EMBEDDED_DATA_DIR / "manifest.json").is_file():
+        return EMBEDDED_DATA_DIR
+    return None
+
+
+# -- sketch conditioning ---------------------------------------------------------------------
+def resolve_sketch_fraction(config, conditioning_channels: int, latent_channels: int) -> float:
+    """--sketch-fraction, defaulting to 0.5 when the teacher has sketch channels (as many as
+    latent channels) and the data folder has sketches, else 0; an error if asked for and
+    impossible."""
+    folder = data_folder(config)
+    available = (conditioning_channels == latent_channels and folder is not None
+                 and has_sketches(folder))
+    if config.sketch_fraction is None:
+        return 0.5 if available else 0.0
+    if config.sketch_fraction > 0 and not available:
+        if conditioning_channels != latent_channels:
+            raise EngineError(f"--sketch-fraction needs a teacher whose UNet takes a sketch "
+                              f"latent ({latent_channels} conditioning channels); this one "
+                              f"has {conditioning_channels}.")
+        raise EngineError("--sketch-fraction needs sketches; pass --real-data DIR (an emoji "
+                          f"dataset folder, or images with same-name sketches in "
+                          f"DIR/{SKETCH_FOLDER}/).")
+    return float(config.sketch_fraction)
+
+
+def sketched_count(fraction: float, batch: int, position: int) -> int:
+    """How many of batch number `position` are sketched: fraction * batch on average, exact
+    over consecutive batches (0.5 of a batch of 1 alternates 0, 1, 0, 1, ...)."""
+    def total(batches: int) -> int:
+        return math.floor(round(batches * batch * fraction, 6))
+
+    return total(position + 1) - total(position)
+
+
+def sketch_conditioning(latents: torch.Tensor, ids: list[int], batch: int) -> torch.Tensor:
+    """(batch, C, H, W): the sketch latents of ids in the first rows, zeros after them."""
+    conditioning = torch.zeros((batch, *latents.shape[1:]), dtype=latents.dtype)
+    if ids:
+        conditioning[:len(ids)] = latents[torch.tensor(ids)]
+    return conditioning
 
 
 @torch.no_grad()
 def encode_images(vae, images: np.ndarray, latent_scale: float, image_size: int,
                   device: torch.device, batch: int = 32, progress=None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> latents * scaling_factor, float32 on the CPU."""
+    """uint8 (N, H, W, 3) RGB or (N, H, W) grey -> latents * scaling_factor, float32, CPU."""
     import torch.nn.functional as F
 
     latents = []
     dtype = next(vae.parameters()).dtype
     for start in range(0, len(images), batch):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
+        if chunk.dim() == 3:  # grey sketches: the teacher saw them as RGB
+            chunk = chunk.unsqueeze(-1).expand(-1, -1, -1, 3)
         pixels = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
         if pixels.shape[-1] != image_size:
             pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear",

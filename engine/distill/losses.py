@@ -144,6 +144,3 @@ class GanLoss:
     def generator_loss(self, logits_fake: torch.Tensor) -> torch.Tensor:
         """generator: w_g * softplus(-l_fake), mean over the batch."""
         return self.generator_weight * F.softplus(-logits_fake.float()).mean()
-
-    def __call__(self, logits_fake: torch.Tensor) -> torch.Tensor:
-        return self.generator_loss(logits_fake)

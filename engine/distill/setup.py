@@ -13,6 +13,16 @@ from engine.distill.networks import CriticNetwork, ScoreNetwork, add_lora
 from engine.pipeline.loading import PipelineParts, load_pipeline
 
 
+def quiet_libraries() -> None:
+    """No library progress bars or info logs on stdout/stderr (the GUI parses stdout)."""
+    import diffusers
+    import huggingface_hub
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def make_accelerator(config: DistillConfig):
     """DDP/FSDP-ready accelerator; bf16 autocast on GPUs that have it, fp32 otherwise."""
     from accelerate import Accelerator

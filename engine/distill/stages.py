@@ -10,11 +10,11 @@ import torch
 
 from engine.api import EngineError
 from engine.distill.data import (
-    EMBEDDED_DATA_DIR,
-    EMBEDDED_TEACHERS,
+    data_folder,
     encode_images,
     epoch_indices,
     load_real_images,
+    sample_prompts,
 )
 from engine.distill.networks import add_lora, cfg_x0_function, merged_unet
 from engine.distill.regression import (
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.distill.trainer import DistillTrainer
 
 REAL_CACHE_NAME = "real_latents.pt"
+SKETCH_CACHE_NAME = "sketch_latents.pt"
 SAMPLE_SEED = 1000  # sample grids use seeds 1000, 1001, ... so frames compare across steps
 
 
@@ -40,34 +41,48 @@ class RunAssets:
     """Inputs computed once per run and cached in the run folder."""
 
     pairs: RegressionPairs | None = None
-    real_latents: torch.Tensor | None = None  # (N, C, H, W) float32, CPU
+    real_latents: torch.Tensor | None = None  # (N, C, H, W) float32, CPU (GAN)
     real_captions: list[str] = field(default_factory=list)
+    sketch_latents: torch.Tensor | None = None  # (N, C, H, W), aligned with real_captions
+    has_sketch: torch.Tensor | None = None  # (N,) bool
+
+    @property
+    def sketch_ids(self) -> list[int]:
+        """Indices of the real entries that have a sketch."""
+        return torch.nonzero(self.has_sketch).flatten().tolist()
 
     def real_batch(self, position: int, batch: int, rank: int, world: int, encode,
-                   seed: int = 0):
-        """Real latents and their caption embeddings for critic update number `position`."""
+                   seed: int = 0, sketched: int = 0):
+        """Real latents, caption embeddings and sketch conditioning (the own sketches of the
+        first `sketched` entries, zeros elsewhere; None without sketches) for critic update
+        number `position`."""
         ids = epoch_indices(len(self.real_captions), batch, position, seed, rank, world,
                             stream="real")
-        latents = self.real_latents[torch.tensor(ids)]
+        index = torch.tensor(ids)
         text = encode([self.real_captions[i] for i in ids])
-        return latents.to(text.token_states.device), text
+        conditioning = None
+        if self.sketch_latents is not None:
+            keep = self.has_sketch[index] & (torch.arange(batch) < sketched)
+            conditioning = torch.where(keep.view(-1, 1, 1, 1), self.sketch_latents[index], 0.0)
+            conditioning = conditioning.to(text.token_states.device)
+        latents = self.real_latents[index].to(text.token_states.device)
+        return latents, text, conditioning
 
 
 def real_data_folder(config) -> Path | None:
-    """--real-data, else the emoji dataset for the embedded teacher; an error if the GAN
-    is on and there is neither."""
+    """The real images of the GAN (see data_folder); an error if it is on and there are none."""
     if not config.uses_gan:
         return None
-    if config.real_data:
-        return Path(config.real_data)
-    if config.teacher in EMBEDDED_TEACHERS and (EMBEDDED_DATA_DIR / "manifest.json").is_file():
-        return EMBEDDED_DATA_DIR
-    raise EngineError("--gan-weight needs real images; pass --real-data DIR (an emoji dataset "
-                      "folder or images with .txt captions).")
+    folder = data_folder(config)
+    if folder is None:
+        raise EngineError("--gan-weight needs real images; pass --real-data DIR (an emoji "
+                          "dataset folder or images with .txt captions).")
+    return folder
 
 
 def prepare_assets(trainer: DistillTrainer) -> RunAssets:
-    """Stage: regression pairs (DMD) and real latents (DMD2 GAN), made by the main process."""
+    """Stage: regression pairs (DMD), real latents (DMD2 GAN) and sketch latents (sketch
+    conditioning), made by the main process."""
     config, accelerator, run = trainer.config, trainer.accelerator, trainer.run
     assets = RunAssets()
     if config.uses_regression:
@@ -84,28 +99,52 @@ def prepare_assets(trainer: DistillTrainer) -> RunAssets:
             save_pairs(run.path, pairs)
         accelerator.wait_for_everyone()
         assets.pairs = load_cached_pairs(run.path, meta)
-    folder = real_data_folder(config)
-    if folder is not None:
-        cache = run.path / REAL_CACHE_NAME
-        meta = {"folder": str(folder.resolve()), "image_size": trainer.parts.image_size}
-        if accelerator.is_main_process and not cached_real_ok(cache, meta):
-            images, captions = load_real_images(folder)
-
-            def progress(done: int, total: int) -> None:
-                trainer.reporter.stage("encoding real images", done, total)
-
-            latents = encode_images(trainer.parts.vae, images, trainer.parts.latent_scale,
-                                    trainer.parts.image_size, trainer.device, progress=progress)
-            tmp = cache.with_suffix(".pt.tmp")
-            torch.save({"latents": latents, "captions": captions, "meta": meta}, tmp)
-            tmp.replace(cache)
-        accelerator.wait_for_everyone()
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        assets.real_latents, assets.real_captions = saved["latents"], list(saved["captions"])
+    real_folder = real_data_folder(config)
+    if real_folder is not None or trainer.sketch_fraction > 0:
+        cache_real_data(trainer, real_folder or data_folder(config), assets,
+                        images=real_folder is not None, sketches=trainer.sketch_fraction > 0)
     teacher_png = run.samples_dir / "teacher.png"
     if config.sample_every and accelerator.is_main_process and not teacher_png.is_file():
         teacher_grid(trainer, teacher_png)
     return assets
+
+
+def cache_real_data(trainer: DistillTrainer, folder: Path, assets: RunAssets, images: bool,
+                    sketches: bool) -> None:
+    """Encode the real images (GAN) and/or their sketches once with the teacher's VAE; the
+    latents are cached in the run folder and reused on resume."""
+    parts, run = trainer.parts, trainer.run
+    meta = {"folder": str(folder.resolve()), "image_size": parts.image_size}
+    wanted = [name for name, needed in ((REAL_CACHE_NAME, images), (SKETCH_CACHE_NAME, sketches))
+              if needed]
+    stale = [name for name in wanted if not cached_real_ok(run.path / name, meta)
+             ] if trainer.accelerator.is_main_process else []
+    if stale:
+        data = load_real_images(folder)
+        for name in stale:
+            is_sketch = name == SKETCH_CACHE_NAME
+            label = "encoding sketches" if is_sketch else "encoding real images"
+
+            def progress(done: int, total: int, label: str = label) -> None:
+                trainer.reporter.stage(label, done, total)
+
+            latents = encode_images(parts.vae, data.sketches if is_sketch else data.images,
+                                    parts.latent_scale, parts.image_size, trainer.device,
+                                    progress=progress)
+            saved = {"latents": latents, "captions": data.captions, "meta": meta}
+            if is_sketch:
+                saved["has_sketch"] = torch.from_numpy(data.has_sketch)
+            tmp = (run.path / name).with_suffix(".pt.tmp")
+            torch.save(saved, tmp)
+            tmp.replace(run.path / name)
+    trainer.accelerator.wait_for_everyone()
+    for name in wanted:
+        saved = torch.load(run.path / name, map_location="cpu", weights_only=True)
+        assets.real_captions = list(saved["captions"])
+        if name == SKETCH_CACHE_NAME:
+            assets.sketch_latents, assets.has_sketch = saved["latents"], saved["has_sketch"]
+        else:
+            assets.real_latents = saved["latents"]
 
 
 def cached_real_ok(cache: Path, meta: dict) -> bool:
@@ -150,8 +189,6 @@ def sample_grid(trainer: DistillTrainer, prompts: list[str], path: Path) -> None
 @torch.no_grad()
 def teacher_grid(trainer: DistillTrainer, path: Path, ddim_steps: int = 25) -> None:
     """The teacher's DDIM + CFG images for the same prompts and seeds, for comparison."""
-    from engine.distill.data import sample_prompts
-
     prompts = sample_prompts(trainer.prompts, trainer.config.sample_count)
     text = trainer.encode(prompts)
     x0_cfg = cfg_x0_function(trainer.teacher, trainer.schedule, text, trainer.uncond, None,

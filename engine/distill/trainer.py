@@ -21,7 +21,10 @@ from engine.distill.config import DistillConfig
 from engine.distill.data import (
     default_prompts,
     epoch_indices,
+    resolve_sketch_fraction,
     sample_prompts,
+    sketch_conditioning,
+    sketched_count,
     step_generator,
 )
 from engine.distill.losses import (
@@ -39,24 +42,12 @@ from engine.distill.stages import RunAssets, export_student_folder, prepare_asse
 from engine.pipeline.schedule import student_timesteps
 from engine.pipeline.text import TextEmbedding
 
-EDIT_TIMESTEPS = [999, 749, 499, 249]
-
-
-def quiet_libraries() -> None:
-    """No library progress bars or info logs on stdout/stderr (the GUI parses stdout)."""
-    import diffusers
-    import huggingface_hub
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
 
 class DistillTrainer:
     """Owns the networks, optimisers and run folder of one distillation run."""
 
     def __init__(self, config: DistillConfig, reporter: ProgressReporter | None = None):
-        quiet_libraries()
+        setup.quiet_libraries()
         self.config = config.resolve()
         self.run = RunFolder(config.out)
         self.stop_requested = False
@@ -94,9 +85,12 @@ class DistillTrainer:
         self.critic_loss = CriticDenoisingLoss(self.schedule)
         self.regression_loss = RegressionLoss(config.regression_distance)
         self.gan_loss = GanLoss(config.gan_weight, config.gan_critic_weight)
-        # 4. prompts, unconditional embedding
+        # 4. prompts, unconditional embedding, share of sketch-conditioned samples (resolved
+        #    here so config.json and resumes record the value used)
         self.prompts = default_prompts(config.teacher, config.prompts)
         self.uncond = self.encode([""])
+        config.sketch_fraction = self.sketch_fraction = resolve_sketch_fraction(
+            config, self.parts.conditioning_channels, self.parts.latent_channels)
         self.assets: RunAssets | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -115,23 +109,47 @@ class DistillTrainer:
         size = self.parts.latent_size
         return (batch, self.parts.latent_channels, size, size)
 
-    def student_x0(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding) -> torch.Tensor:
+    def student_x0(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
+                   conditioning: torch.Tensor | None = None) -> torch.Tensor:
         with self.accelerator.autocast():
-            output = self.student(x_t, t.to(self.device), text.token_states, text.pooled, None)
+            output = self.student(x_t, t.to(self.device), text.token_states, text.pooled,
+                                  conditioning)
         return self.schedule.to_x0(output, x_t, t)
 
     def full_t(self, t: int, batch: int) -> torch.Tensor:
         return torch.full((batch,), int(t), dtype=torch.long)
 
+    def draw_batch(self, position: int, stream: str) -> tuple[TextEmbedding,
+                                                             torch.Tensor | None]:
+        """Text (and sketch conditioning, None without sketches) of this rank's batch number
+        `position` of a stream. The first sketched_count() samples take a (caption, sketch)
+        pair of the real data, the others a prompt and zeros."""
+        config, batch = self.config, self.config.batch
+        ids = epoch_indices(len(self.prompts), batch, position, config.seed, self.rank,
+                            self.world, stream=stream)
+        captions = [self.prompts[i] for i in ids]
+        if not self.sketch_fraction:
+            return self.encode(captions), None
+        pool = self.assets.sketch_ids
+        count = sketched_count(self.sketch_fraction, batch, position)
+        picks = epoch_indices(len(pool), batch, position, config.seed, self.rank, self.world,
+                              stream=f"{stream}-sketches")[:count]
+        sketch_ids = [pool[i] for i in picks]
+        captions[:count] = [self.assets.real_captions[i] for i in sketch_ids]
+        conditioning = sketch_conditioning(self.assets.sketch_latents, sketch_ids, batch)
+        return self.encode(captions), conditioning.to(self.device)
+
     # -- student sampling with backward simulation (DMD2 sec. 4.5) ----------------------------
-    def simulate_to(self, index: int, text: TextEmbedding, rng: torch.Generator) -> torch.Tensor:
+    def simulate_to(self, index: int, text: TextEmbedding, conditioning: torch.Tensor | None,
+                    rng: torch.Generator) -> torch.Tensor:
         """x_t at timesteps[index], reached by running the student without gradients from
         pure noise and re-noising each x0 with fresh noise (DMD2 backward simulation)."""
         batch = text.token_states.shape[0]
         x_t = torch.randn(self.latent_shape(batch), generator=rng).to(self.device)
         with torch.no_grad():
             for position in range(index):
-                x0 = self.student_x0(x_t, self.full_t(self.timesteps[position], batch), text)
+                x0 = self.student_x0(x_t, self.full_t(self.timesteps[position], batch), text,
+                                     conditioning)
                 next_t = self.full_t(self.timesteps[position + 1], batch)
                 x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), next_t)
         return x_t
@@ -142,19 +160,18 @@ class DistillTrainer:
 
     # -- one generator update ----------------------------------------------------------------
     def generator_update(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor,
-                                                    TextEmbedding]:
-        """DM loss (+ regression, + GAN) on the student; returns losses, x0 and text."""
+                                                    TextEmbedding, torch.Tensor | None]:
+        """DM loss (+ regression, + GAN) on the student; returns losses, x0, text and the
+        sketch conditioning, which the student, critic and teacher all see."""
         config, batch = self.config, self.config.batch
         rng = step_generator(config.seed, step, "generator", self.rank)
         index = self.pick_index(step_generator(config.seed, step, "shared"))
-        prompt_ids = epoch_indices(len(self.prompts), batch, step, config.seed, self.rank,
-                                   self.world)
-        text = self.encode([self.prompts[i] for i in prompt_ids])
-        x_t = self.simulate_to(index, text, rng)
+        text, conditioning = self.draw_batch(step, "prompts")
+        x_t = self.simulate_to(index, text, conditioning, rng)
         t = self.full_t(self.timesteps[index], batch)
         # One student forward (DDP: one forward per backward) for the DM batch and the
-        # regression batch (pure noise at t = 999 -> cached teacher x0).
-        x_in, t_in, text_in = x_t, t, text
+        # regression batch (pure noise at t = 999 -> cached teacher x0, text only).
+        x_in, t_in, text_in, cond_in = x_t, t, text, conditioning
         if config.uses_regression:
             pairs = self.assets.pairs
             pair_ids = epoch_indices(len(pairs), config.regression_batch, step, config.seed,
@@ -166,26 +183,30 @@ class DistillTrainer:
             x_in = torch.cat([x_t, reg_noise])
             t_in = torch.cat([t, self.full_t(self.timesteps[0], len(pair_ids))])
             text_in = TextEmbedding.cat([text, reg_text])
-        x0_all = self.student_x0(x_in, t_in, text_in)
+            if conditioning is not None:
+                cond_in = torch.cat([conditioning, conditioning.new_zeros(
+                    (len(pair_ids), *conditioning.shape[1:]))])
+        x0_all = self.student_x0(x_in, t_in, text_in, cond_in)
         x0 = x0_all[:batch]
         losses: dict[str, torch.Tensor] = {}
         with self.accelerator.autocast():
-            real_fn = cfg_x0_function(self.teacher, self.schedule, text, self.uncond, None,
-                                      config.guidance)
-            fake_fn = x0_function(self.critic, self.schedule, text, None)
+            real_fn = cfg_x0_function(self.teacher, self.schedule, text, self.uncond,
+                                      conditioning, config.guidance)
+            fake_fn = x0_function(self.critic, self.schedule, text, conditioning)
             losses["dm"] = self.dm_loss(x0, real_fn, fake_fn, rng)
         total = losses["dm"]
         if config.uses_regression:
             losses["regression"] = self.regression_loss(x0_all[batch:], reg_x0_ref)
             total = total + config.regression_weight * losses["regression"]
         if config.uses_gan:
-            losses["gan_generator"] = self.generator_gan_loss(x0, text, rng)
+            losses["gan_generator"] = self.generator_gan_loss(x0, text, conditioning, rng)
             total = total + losses["gan_generator"]
         losses["generator"] = total
         self.optimizer_step(total, self.student, self.generator_optimizer)
-        return losses, x0.detach(), text
+        return losses, x0.detach(), text, conditioning
 
     def generator_gan_loss(self, x0: torch.Tensor, text: TextEmbedding,
+                           conditioning: torch.Tensor | None,
                            rng: torch.Generator) -> torch.Tensor:
         """w_g * softplus(-l_fake) through the critic trunk (DMD2 sec. 4.3); the critic's own
         gradients from this term are cleared before its next update, so it is not trained."""
@@ -193,40 +214,40 @@ class DistillTrainer:
         x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), t)
         with self.accelerator.autocast():
             output, logits = self.critic(x_t, t.to(self.device), text.token_states, text.pooled,
-                                         None, with_logits=True)
+                                         conditioning, with_logits=True)
         # 0 * output keeps every critic parameter in the graph (DDP without unused params).
         return self.gan_loss.generator_loss(logits) + 0.0 * output.float().mean()
 
     # -- critic updates ----------------------------------------------------------------------
-    def critic_update(self, step: int, repeat: int, x0: torch.Tensor,
-                      text: TextEmbedding) -> dict[str, torch.Tensor]:
+    def critic_update(self, step: int, repeat: int, x0: torch.Tensor, text: TextEmbedding,
+                      conditioning: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Denoising loss on detached student samples (+ GAN classification, DMD2)."""
         config = self.config
         rng = step_generator(config.seed, step, f"critic-{repeat}", self.rank)
+        position = step * config.critic_ratio + repeat  # this critic update's batch number
         if repeat > 0:  # TTUR: fresh student samples for the extra critic updates
             index = self.pick_index(step_generator(config.seed, step, f"shared-{repeat}"))
-            prompt_ids = epoch_indices(len(self.prompts), config.batch,
-                                       step * config.critic_ratio + repeat, config.seed,
-                                       self.rank, self.world, stream="critic-prompts")
-            text = self.encode([self.prompts[i] for i in prompt_ids])
+            text, conditioning = self.draw_batch(position, "critic-prompts")
             with torch.no_grad():
-                x_t = self.simulate_to(index, text, rng)
+                x_t = self.simulate_to(index, text, conditioning, rng)
                 t = self.full_t(self.timesteps[index], config.batch)
-                x0 = self.student_x0(x_t, t, text)
+                x0 = self.student_x0(x_t, t, text, conditioning)
         x_t, t, target = self.critic_loss.noisy_inputs(x0, rng)
         losses: dict[str, torch.Tensor] = {}
         batch = x0.shape[0]
         if config.uses_gan:
-            real_latents, real_text = self.assets.real_batch(
-                step * config.critic_ratio + repeat, batch, self.rank, self.world, self.encode,
-                config.seed)
+            # Real samples carry their own sketches in the same share as the student's.
+            sketched = sketched_count(self.sketch_fraction, batch, position)
+            real_latents, real_text, real_cond = self.assets.real_batch(
+                position, batch, self.rank, self.world, self.encode, config.seed, sketched)
             real_x_t = self.schedule.add_noise(real_latents, random_noise_like(real_latents, rng),
                                                t)
             both = TextEmbedding.cat([text, real_text])
+            both_cond = None if conditioning is None else torch.cat([conditioning, real_cond])
             with self.accelerator.autocast():
                 output, logits = self.critic(torch.cat([x_t, real_x_t]),
                                              torch.cat([t, t]).to(self.device),
-                                             both.token_states, both.pooled, None,
+                                             both.token_states, both.pooled, both_cond,
                                              with_logits=True)
             losses["critic_denoise"] = self.critic_loss.loss_from_output(output[:batch], target)
             losses["gan_critic"] = self.gan_loss.critic_loss(logits[batch:], logits[:batch])
@@ -234,7 +255,7 @@ class DistillTrainer:
         else:
             with self.accelerator.autocast():
                 output, _ = self.critic(x_t, t.to(self.device), text.token_states, text.pooled,
-                                        None)
+                                        conditioning)
             losses["critic_denoise"] = self.critic_loss.loss_from_output(output, target)
             total = losses["critic_denoise"]
         self.optimizer_step(total, self.critic, self.critic_optimizer)
@@ -254,9 +275,9 @@ class DistillTrainer:
         optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        losses, x0, text = self.generator_update(step)
+        losses, x0, text, conditioning = self.generator_update(step)
         for repeat in range(self.config.critic_ratio):
-            critic_losses = self.critic_update(step, repeat, x0, text)
+            critic_losses = self.critic_update(step, repeat, x0, text, conditioning)
             if repeat == 0:
                 losses.update(critic_losses)
         self.last_lr = float(self.generator_lr.get_last_lr()[0])  # the LR this step used
@@ -357,7 +378,8 @@ class DistillTrainer:
         folder = ckpt.save_checkpoint(self.accelerator, self.run.checkpoints_dir, step,
                                       self.config.keep_checkpoints)
         student_json = {
-            "timesteps": self.timesteps, "edit_timesteps": EDIT_TIMESTEPS,
+            "timesteps": self.timesteps,
+            "edit_timesteps": student_timesteps(4, self.schedule.num_train_timesteps),
             "teacher": self.config.teacher, "method": self.config.method,
             "training_steps": step, "config": self.config.to_dict(), "metrics": {},
         }
