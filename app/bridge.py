@@ -98,6 +98,8 @@ class LiveEngine(QObject):
 
     @Slot(object)
     def _on_delivered(self, result: GenerateResult) -> None:
+        if self._closed:
+            return  # queued before close(); the widgets may be going away
         request = self._requests.pop(result.request_id, None)
         if result.request_id >= self._latest_id:
             self._set_busy(False)

@@ -102,6 +102,8 @@ class DistillProcess(QObject):
         """Launch the trainer; a second start while one runs is refused."""
         if self.is_running():
             raise RuntimeError("A distillation is already running; cancel it first.")
+        if self.process is not None:
+            self.process.deleteLater()  # the finished run's QProcess
         process = QProcess(self)
         process.setWorkingDirectory(str(REPO_ROOT))
         environment = QProcessEnvironment.systemEnvironment()
@@ -131,7 +133,10 @@ class DistillProcess(QObject):
         self.log_line.emit("Cancelling: asking the trainer to save a checkpoint and stop…")
         pid = self.process.processId()
         if sys.platform != "win32" and pid > 0:
-            os.kill(pid, signal.SIGINT)
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                return  # it exited meanwhile; finished() follows
             self._escalation.start(TERMINATE_AFTER_MS)
         else:
             self.process.terminate()

@@ -118,7 +118,7 @@ class ModelPanel(QGroupBox):
         """Start a background load; the newest load wins if several overlap."""
         job = ModelLoadJob(model, self.backend, description, self._loader, self)
         job.loaded.connect(lambda generator, text, job=job: self._on_loaded(job, generator, text))
-        job.failed.connect(self._report)
+        job.failed.connect(lambda message, job=job: self._on_failed(job, message))
         job.finished.connect(lambda job=job: self._on_job_finished(job))
         self._jobs.append(job)
         self._newest_job = job
@@ -130,6 +130,10 @@ class ModelPanel(QGroupBox):
         if job is not self._newest_job:
             return  # a newer load was started meanwhile
         self.engine.set_generator(generator, description)
+
+    def _on_failed(self, job: ModelLoadJob, message: str) -> None:
+        if job is self._newest_job:  # a superseded load's failure would hide the newer one
+            self._report(message)
 
     def _on_job_finished(self, job: ModelLoadJob) -> None:
         if job in self._jobs:
@@ -146,7 +150,7 @@ class ModelPanel(QGroupBox):
         self.status_message.emit(message)
 
     def shutdown(self, timeout_ms: int = 120_000) -> None:
-        """Wait for loads in flight (they cannot be interrupted), then drop them."""
+        """Wait up to timeout_ms for each load in flight (a load cannot be interrupted)."""
         for job in list(self._jobs):
             job.wait(timeout_ms)
 

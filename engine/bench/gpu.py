@@ -58,10 +58,9 @@ def build_arch_folder(arch: str, folder: Path) -> Path:
 
 def resolve_device(arch: str, device: str, force: bool) -> str:
     """cuda when available; an SD-1.5-sized CPU run needs --force."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("--device cuda was requested but PyTorch sees no CUDA device.")
+    from engine.runtime.torch_backend import pick_device
+
+    device = pick_device(device)
     if arch == "sd15" and device == "cpu" and not force:
         raise EngineError("The SD-1.5-shaped benchmark needs CUDA (a 512-px frame takes seconds "
                           "on a CPU); use --device cuda, --arch tiny-sd, or --force.")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +55,21 @@ def read_image(path: Path | None, what: str) -> np.ndarray | None:
         raise EngineError(f"The {what} {path} is not a readable image.") from error
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """write(temporary) beside path, then rename it over path; failures are EngineErrors."""
     temporary = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise EngineError(f"Could not write {path} ({error.strerror or error}).") from error
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    write_atomic(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -98,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         name = f"{number:04d}.png"
         save_png(image, args.out / name)
         index[name] = {"prompt": prompt, "seed": args.seed}
-    temporary = args.out / ".index.json.tmp"
-    temporary.write_text(json.dumps(index, indent=1, ensure_ascii=False))
-    os.replace(temporary, args.out / "index.json")
+    text = json.dumps(index, indent=1, ensure_ascii=False)
+    write_atomic(args.out / "index.json", lambda temporary: temporary.write_text(text, "utf-8"))
     print(f"wrote {len(prompts)} images and index.json to {args.out}")
     return 0

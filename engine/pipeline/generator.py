@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.api import GenerateRequest, InvalidRequestError, StageTimings
 from engine.pipeline.sampling import ddim_sample, edit_start, multistep_sample, teacher_start
-from engine.pipeline.schedule import ddim_timesteps, student_timesteps
+from engine.pipeline.schedule import ddim_timesteps, student_timesteps, x0_from_eps
 from engine.pipeline.text import TextEmbedding
 
 MAX_TEACHER_STEPS = 1000
@@ -84,7 +84,7 @@ def check_request(request: GenerateRequest) -> None:
         raise InvalidRequestError(f"Student steps must be between 1 and 16, not {request.steps}.")
     if not 0 <= int(request.teacher_steps) <= MAX_TEACHER_STEPS:
         raise InvalidRequestError(f"Teacher steps must be between 0 and {MAX_TEACHER_STEPS}.")
-    if request.guidance < 0:
+    if not float(request.guidance) >= 0:  # also rejects NaN
         raise InvalidRequestError(f"Guidance must be zero or positive, not {request.guidance}.")
 
 
@@ -111,14 +111,14 @@ class Generator:
         if not self.is_student:
             return self
         if self._teacher is None:
-            from engine.runtime import create_backend
+            from engine.runtime import create_backend, requested_device
 
             teacher_id = str(self.backend.student_config.get("teacher") or "")
             if not teacher_id:
                 raise InvalidRequestError("This student's student.json names no teacher to "
                                           "compare with.")
-            device = "cuda" if str(self.backend.device).startswith("cuda") else "cpu"
-            self._teacher = Generator(create_backend(teacher_id, self.backend.name, device))
+            self._teacher = Generator(create_backend(teacher_id, self.backend.name,
+                                                     requested_device(self.backend)))
             self._teacher.text_cache = self.text_cache
         return self._teacher
 
@@ -172,8 +172,7 @@ class Generator:
             eps_uncond, eps_text = schedule.to_eps(output, x_in.to(output.device),
                                                    torch.cat([t_batch, t_batch])).chunk(2)
             eps = eps_uncond + guidance * (eps_text - eps_uncond)
-            abar = schedule.abar(t_batch, eps)
-            return (x_t.to(eps) - (1 - abar).sqrt() * eps) / abar.sqrt()
+            return x0_from_eps(x_t.to(eps), eps, schedule.abar(t_batch, eps))
 
         return x0_fn
 

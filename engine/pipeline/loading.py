@@ -118,6 +118,12 @@ def load_autoencoder(folder: Path, dtype: torch.dtype):
     return load_component(classes[class_name], folder, dtype)
 
 
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents of images in [-1, 1]: AutoencoderTiny's, or AutoencoderKL's mean."""
+    encoded = vae.encode(images)
+    return encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
+
+
 def check_layout(model_dir: Path) -> None:
     for part in ("unet", "vae", "scheduler"):
         if not (model_dir / part).is_dir():

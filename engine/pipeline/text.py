@@ -81,17 +81,24 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbedding:
         tokens = self.tokenize(prompts)
-        input_ids = tokens["input_ids"].to(self.device)
-        if self.is_clip:
-            # SD conditions on CLIP's states without an attention mask.
-            output = self.model(input_ids=input_ids)
-            return TextEmbedding(output.last_hidden_state, output.pooler_output)
-        mask = tokens["attention_mask"].to(self.device)
-        output = self.model(input_ids=input_ids, attention_mask=mask)
-        states = output.last_hidden_state
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return TextEmbedding(states, torch.nn.functional.normalize(pooled, dim=-1))
+        mask = tokens.get("attention_mask")
+        return TextEmbedding(*encode_tokens(self.model, self.is_clip,
+                                            tokens["input_ids"].to(self.device),
+                                            None if mask is None else mask.to(self.device)))
+
+
+def encode_tokens(model, is_clip: bool, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token states, pooled vector) as the module docstring describes; shared with ONNX export."""
+    if is_clip:
+        # SD conditions on CLIP's states without an attention mask.
+        output = model(input_ids=input_ids)
+        return output.last_hidden_state, output.pooler_output
+    output = model(input_ids=input_ids, attention_mask=attention_mask)
+    states = output.last_hidden_state
+    weights = attention_mask.unsqueeze(-1).to(states.dtype)
+    pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return states, torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def load_text_encoder(

@@ -5,6 +5,15 @@ from __future__ import annotations
 from engine.api import EngineError
 
 BACKENDS = ("torch", "onnx")
+# OnnxBackend.device names the provider in use; create_backend takes the device it came from.
+PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
+                    "TensorrtExecutionProvider": "tensorrt"}
+
+
+def requested_device(backend) -> str:
+    """The create_backend device that loads another model where this backend runs."""
+    device = str(backend.device)
+    return PROVIDER_DEVICES.get(device, device)
 
 
 def create_backend(model: str, backend: str = "torch", device: str = "auto"):

@@ -24,7 +24,6 @@ log = logging.getLogger("engine.runtime.onnx")
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PROVIDER_ORDER[:2]
-# Measured on the 2-core Xeon (docs/benchmarks.md): one intra-op thread per physical core.
 THREADS_ENV = "DMD_ORT_THREADS"
 
 
@@ -53,6 +52,7 @@ def pick_providers(device: str = "auto") -> list[str]:
 
 def default_threads() -> int:
     """Intra-op threads: $DMD_ORT_THREADS, else the physical core count (at most 8)."""
+    # Measured on the 2-core Xeon (docs/benchmarks.md): one intra-op thread per physical core.
     if os.environ.get(THREADS_ENV, "").isdigit():
         return max(1, int(os.environ[THREADS_ENV]))
     try:

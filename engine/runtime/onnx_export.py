@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError
-from engine.pipeline.loading import PipelineParts, load_pipeline, resolve_model_dir
+from engine.pipeline.loading import (
+    PipelineParts,
+    encode_latents,
+    load_pipeline,
+    resolve_model_dir,
+)
+from engine.pipeline.text import encode_tokens
 
 OPSET = 17
 MANIFEST = "manifest.json"
@@ -37,14 +43,7 @@ class TextGraph(torch.nn.Module):
         self.model, self.is_clip = model, is_clip
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        if self.is_clip:
-            output = self.model(input_ids=input_ids)
-            return output.last_hidden_state, output.pooler_output
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        states = output.last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return states, torch.nn.functional.normalize(pooled, dim=-1)
+        return encode_tokens(self.model, self.is_clip, input_ids, attention_mask)
 
 
 class UnetGraph(torch.nn.Module):
@@ -68,9 +67,7 @@ class EncoderGraph(torch.nn.Module):
         self.vae, self.scale = vae, scale
 
     def forward(self, images):
-        encoded = self.vae.encode(images)
-        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
-        return latents * self.scale
+        return encode_latents(self.vae, images) * self.scale
 
 
 class DecoderGraph(torch.nn.Module):

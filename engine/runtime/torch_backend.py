@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from engine.pipeline.loading import PipelineParts, load_pipeline
+from engine.api import EngineError
+from engine.pipeline.loading import PipelineParts, encode_latents, load_pipeline
 from engine.pipeline.text import TextEmbedding
+
+TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def pick_device(device: str = "auto") -> str:
+    """auto -> cuda when PyTorch sees a GPU, else cpu; cpu, cuda and cuda:N are checked."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not TORCH_DEVICE_PATTERN.match(device):
+        raise EngineError(f"Unknown device {device!r} for torch; use auto, cpu or cuda.")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from engine.api import EngineError
-
         raise EngineError("CUDA was requested but PyTorch sees no CUDA device; use --device cpu.")
     return device
 
@@ -67,9 +73,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        vae = self.parts.vae
-        encoded = vae.encode(images.to(self.device, self.dtype))
-        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
+        latents = encode_latents(self.parts.vae, images.to(self.device, self.dtype))
         return latents * self.parts.latent_scale
 
     @torch.inference_mode()
@@ -83,6 +87,7 @@ class TorchBackend:
         x_t = torch.zeros(1, channels, size, size, device=self.device)
         self.unet(x_t, torch.tensor([999]), text, None)
         self.decode(x_t)
+        self.encode_image(torch.zeros(1, 3, self.image_size, self.image_size))
         self.synchronize()
 
     def synchronize(self) -> None:

@@ -166,3 +166,18 @@ def test_without_a_model_the_live_tab_says_so(qtbot, make_window):
     assert window.live_tab.model_missing.isVisible()
     window.live_tab.prompt_edit.setText("hello")  # no service: nothing to submit, no crash
     assert window.live_tab.last_frame_request is None
+
+
+def test_a_result_queued_before_close_is_not_shown(qtbot):
+    from app.bridge import LiveEngine
+    from engine.api import GenerateRequest, GenerateResult
+
+    engine = LiveEngine()
+    engine.set_generator(FakeGenerator(), "fake")
+    request_id = engine.submit(GenerateRequest("x"))
+    shown = []
+    engine.result_ready.connect(lambda result, request: shown.append(result))
+    engine.close()
+    engine._delivered_on_worker.emit(GenerateResult(request_id, np.zeros((4, 4, 3), np.uint8)))
+    qtbot.wait(50)
+    assert shown == [] and not engine.busy

@@ -90,7 +90,7 @@ def test_info_json(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "no_unet", "corrupt", "bad_init", "strength",
-                                  "hub_offline"])
+                                  "hub_offline", "bad_device"])
 def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path, capsys):
     import shutil
 
@@ -109,9 +109,19 @@ def test_bad_input_exits_2_with_one_line(case, tiny_model_dir, tmp_path, capsys)
         extra, fragment = ["--init", str(tmp_path / "init.png")], "not a readable image"
     elif case == "strength":
         extra, fragment = ["--init", str(tmp_path / "x.png"), "--strength", "1.5"], "--strength"
+    elif case == "bad_device":
+        extra, fragment = ["--device", "gpu"], "Unknown device"
     else:
         model, fragment = "nobody-here/no-such-model-xyz", "not available offline"
     result = run_in_process(capsys, "generate", "--model", model, "--prompt", "x", "--out",
                             tmp_path / "o.png", *extra)
     assert_clean_error(result, fragment)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_unwritable_out_exits_2_with_one_line(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "taken.png").mkdir()  # a folder where the PNG should go
+    result = run_in_process(capsys, "generate", "--model", tiny_model_dir, "--prompt", "x",
+                            "--out", tmp_path / "taken.png")
+    assert_clean_error(result, "Could not write")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.png"]  # no temporary file left

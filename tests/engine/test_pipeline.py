@@ -129,6 +129,7 @@ def test_empty_prompt_allowed_and_long_prompt_truncated(generator):
     ({"strength": -0.1}, "Strength"),
     ({"steps": 0}, "steps"),
     ({"guidance": -1.0}, "Guidance"),
+    ({"guidance": float("nan")}, "Guidance"),
     ({"init_image": np.zeros((4, 4), np.float32), "strength": 0.5}, "uint8"),
 ])
 def test_bad_requests_are_clear_errors(generator, request_kwargs, message):
@@ -175,3 +176,23 @@ def test_student_compare_routes_to_the_teacher(tmp_path, tiny_model_dir):
     teacher = Generator(TorchBackend.load(str(tiny_model_dir), "cpu"))
     request = GenerateRequest("cat", seed=4, teacher_steps=3, guidance=2.0)
     np.testing.assert_array_equal(student.generate(request)[0], teacher.generate(request)[0])
+
+
+def test_a_teacher_loads_on_the_device_its_student_runs_on():
+    from types import SimpleNamespace
+
+    from engine.runtime import requested_device
+
+    for device, expected in (("cpu", "cpu"), ("cuda:1", "cuda:1"),
+                             ("CPUExecutionProvider", "cpu"), ("CUDAExecutionProvider", "cuda"),
+                             ("TensorrtExecutionProvider", "tensorrt")):
+        assert requested_device(SimpleNamespace(device=device)) == expected
+
+
+@pytest.mark.parametrize("device", ["gpu", "tensorrt", "cuda:x"])
+def test_torch_rejects_unknown_devices_in_one_sentence(device):
+    from engine.api import EngineError
+    from engine.runtime.torch_backend import pick_device
+
+    with pytest.raises(EngineError, match="Unknown device"):
+        pick_device(device)
