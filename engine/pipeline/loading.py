@@ -63,7 +63,8 @@ def resolve_model_dir(model: str) -> Path:
     if model in EMBEDDED_NAMES:
         path = ASSETS_DIR / EMBEDDED_NAMES[model]
         if not (path / "unet").is_dir():
-            raise ModelLoadError(f"The embedded model {model!r} is not installed in {path}.")
+            raise ModelLoadError(f"The embedded model {model!r} is not installed in {path} yet; "
+                                 "pass a model folder (docs/embedded-training.md trains it).")
         return path
     path = Path(model).expanduser()
     if path.exists():

@@ -196,3 +196,13 @@ def test_torch_rejects_unknown_devices_in_one_sentence(device):
 
     with pytest.raises(EngineError, match="Unknown device"):
         pick_device(device)
+
+
+def test_embedded_name_without_a_trained_unet_is_a_clear_error(monkeypatch, tmp_path):
+    from engine.pipeline import loading
+
+    monkeypatch.setattr(loading, "ASSETS_DIR", tmp_path)
+    (tmp_path / "teacher" / "vae").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match="not installed .* yet; pass a model folder"):
+        load_pipeline("embedded-teacher")
+    assert loading.default_model() is None
