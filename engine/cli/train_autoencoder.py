@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from engine.api import EngineError
+from engine.cli.training_run import add_run_arguments, prepare_run
 
 
 def add_parser(subparsers) -> None:
@@ -22,11 +23,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=500, help="held-out PSNR interval")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint interval")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--export-only", action="store_true",
-                        help="write vae/ from the last checkpoint and exit")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_run_arguments(parser, export_help="write vae/ from the last checkpoint and exit")
     parser.set_defaults(run=run)
 
 
@@ -35,7 +32,6 @@ def run(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.embedded import checkpoint as ckpt
     from engine.embedded.autoencoder import (
         AutoencoderTrainer,
         decode_ms,
@@ -47,23 +43,13 @@ def run(args) -> int:
 
     if args.crop % 8 or args.crop < 16:
         raise EngineError("--crop must be a multiple of 8 and at least 16.")
-    if args.steps < 1 or args.batch < 1:
-        raise EngineError("--steps and --batch must be positive.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise EngineError("--device cuda was asked for but no CUDA GPU is available.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    checkpoints = prepare_run(args)
     data = load_dataset(args.data)
     trainer = AutoencoderTrainer(data, channels=args.channels, lr=args.lr, total_steps=args.steps,
                                  batch=args.batch, crop=args.crop, device=args.device)
-    checkpoints = ckpt.checkpoint_dirs(args.out)
-    if args.resume or args.export_only:
-        if not checkpoints:
-            raise EngineError(f"No checkpoint in {args.out}/checkpoints to resume from.")
+    if checkpoints:
         trainer.resume(checkpoints[-1])
         print(f"resumed from {checkpoints[-1]} at step {trainer.step}")
-    elif checkpoints:
-        raise EngineError(f"{args.out} already has checkpoints; pass --resume or another --out.")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "config.json", {**trainer.config, "data": str(args.data)})
     metrics = MetricsLog(args.out)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from engine.api import EngineError
+from engine.cli.training_run import add_run_arguments, prepare_run
 
 
 def add_parser(subparsers) -> None:
@@ -28,37 +29,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sample-every", type=int, default=1000, help="sample grid interval")
     parser.add_argument("--export-every", type=int, default=2000,
                         help="refresh OUT/model (a loadable model folder) at this interval")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--export-only", action="store_true",
-                        help="write OUT/model from the last checkpoint and exit")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_run_arguments(parser, export_help="write OUT/model from the last checkpoint and exit")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    import torch
     from tqdm import tqdm
 
-    from engine.embedded import checkpoint as ckpt
     from engine.embedded.checkpoint import MetricsLog, StopFlag, write_json
     from engine.embedded.dataset import load_dataset
     from engine.embedded.export import export_model_folder, write_sample_grid
     from engine.embedded.latents import cached_or_built
     from engine.embedded.teacher import TeacherConfig, TeacherTrainer, parameter_count
 
-    if args.steps < 1 or args.batch < 1:
-        raise EngineError("--steps and --batch must be positive.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise EngineError("--device cuda was asked for but no CUDA GPU is available.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    checkpoints = ckpt.checkpoint_dirs(args.out)
-    resuming = args.resume or args.export_only
-    if resuming and not checkpoints:
-        raise EngineError(f"No checkpoint in {args.out}/checkpoints to resume from.")
-    if not resuming and checkpoints:
-        raise EngineError(f"{args.out} already has checkpoints; pass --resume or another --out.")
+    checkpoints = prepare_run(args)
+    resuming = bool(checkpoints)
     config_path = args.out / "config.json"
     saved = json.loads(config_path.read_text()) if resuming and config_path.is_file() else {}
     vae_dir = args.vae or Path(saved.get("vae", "runs/ae/vae"))

@@ -167,3 +167,19 @@ def test_sampling_and_export_load_as_a_pipeline(tmp_path):
     parts = load_pipeline(tmp_path / "model")
     assert parts.conditioning_channels == 4 and parts.uses_pooled_text
     assert parts.schedule.prediction_type == "epsilon"
+
+
+def test_training_commands_refuse_to_overwrite_and_need_a_checkpoint_to_resume(tmp_path, capsys):
+    from engine.__main__ import main
+
+    dataset = tmp_path / "missing-data"
+    for command in ("train-autoencoder", "train-teacher"):
+        run = tmp_path / command
+        (run / "checkpoints" / "step-10").mkdir(parents=True)
+        code = main([command, "--data", str(dataset), "--out", str(run), "--steps", "2"])
+        assert code == 2 and "already has checkpoints" in capsys.readouterr().err
+        empty = tmp_path / f"{command}-empty"
+        code = main([command, "--data", str(dataset), "--out", str(empty), "--resume"])
+        assert code == 2 and "No checkpoint" in capsys.readouterr().err
+        code = main([command, "--data", str(dataset), "--out", str(empty), "--batch", "0"])
+        assert code == 2 and "must be positive" in capsys.readouterr().err
