@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.embedded import checkpoint as ckpt
+from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.dataset import EmojiDataset
 
 
@@ -205,7 +206,7 @@ class AutoencoderTrainer:
         latents = encode_images(self.ae, all_images)
         std, mean = float(latents.std()), float(latents.mean())
         self.ae.register_to_config(scaling_factor=1.0 / std)
-        ckpt.atomic_save_folder(Path(out), lambda tmp: self.ae.save_pretrained(
+        atomic_save_folder(Path(out), lambda tmp: self.ae.save_pretrained(
             str(tmp), safe_serialization=True))
         self.ae.train()
         info = {"step": self.step, "latent_std": std, "latent_mean": mean,

@@ -137,25 +137,6 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
     return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def atomic_save_folder(final: Path, write) -> None:
-    """Call write(temp_folder), then rename the temporary folder over final."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(temp)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(temp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-
-
 class StopFlag:
     """Set by SIGINT/SIGTERM so the training loop can checkpoint and exit cleanly."""
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from engine.api import EngineError
+from engine.embedded.atomic import atomic_save_folder
 
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FONT_SIZE = 109  # the only bitmap strike of Noto Color Emoji (CBDT)
@@ -198,24 +196,16 @@ def build_dataset(out: Path, font_path: Path | None = None, limit: int | None = 
 
 def write_dataset(out: Path, arrays: dict[str, np.ndarray], captions: list[str],
                   manifest: dict) -> None:
-    """Write into a temporary sibling folder, then rename it over out."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    """Write the arrays, captions and manifest as one folder, atomically."""
+
+    def write(folder: Path) -> None:
         for name, array in arrays.items():
-            np.save(temp / f"{name}.npy", array, allow_pickle=False)
-        (temp / "captions.json").write_text(json.dumps(captions, ensure_ascii=False, indent=0))
-        (temp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(temp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+            np.save(folder / f"{name}.npy", array, allow_pickle=False)
+        (folder / "captions.json").write_text(json.dumps(captions, ensure_ascii=False, indent=0))
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True)
+                                              + "\n")
+
+    atomic_save_folder(out, write)
 
 
 def load_dataset(folder: Path) -> EmojiDataset:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.autoencoder import load_autoencoder, to_uint8
-from engine.embedded.checkpoint import atomic_save_folder
 from engine.embedded.latents import TEXT_MAX_LENGTH, TEXT_PACKAGE
 from engine.embedded.teacher import SCHEDULER_CONFIG
 

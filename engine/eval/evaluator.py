@@ -119,7 +119,7 @@ def train_evaluator(images_uint8: np.ndarray, pooled_text: torch.Tensor, steps: 
 
 
 def save_evaluator(model: Evaluator, folder: Path, info: dict | None = None) -> None:
-    from engine.embedded.checkpoint import atomic_save_folder
+    from engine.embedded.atomic import atomic_save_folder
 
     def write(temp: Path) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},

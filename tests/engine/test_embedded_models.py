@@ -183,3 +183,22 @@ def test_training_commands_refuse_to_overwrite_and_need_a_checkpoint_to_resume(t
         assert code == 2 and "No checkpoint" in capsys.readouterr().err
         code = main([command, "--data", str(dataset), "--out", str(empty), "--batch", "0"])
         assert code == 2 and "must be positive" in capsys.readouterr().err
+
+
+def test_atomic_folder_save_keeps_the_old_folder_when_writing_fails(tmp_path):
+    from engine.embedded.atomic import atomic_save_folder
+
+    final = tmp_path / "model"
+    atomic_save_folder(final, lambda folder: (folder / "weights").write_text("v1"))
+
+    def broken(folder):
+        (folder / "weights").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_save_folder(final, broken)
+    assert (final / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+    atomic_save_folder(final, lambda folder: (folder / "weights").write_text("v2"))
+    assert (final / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
