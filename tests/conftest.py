@@ -38,6 +38,17 @@ def tiny_sketch_model_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def one_thread():
+    """Small tensors run fastest (and steadiest on a shared machine) on one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def no_thread_leak():
     """Fail a test that leaves a non-daemon-safe worker thread running."""
     before = set(threading.enumerate())

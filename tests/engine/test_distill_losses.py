@@ -21,14 +21,6 @@ from engine.pipeline.schedule import NoiseSchedule
 SCHEDULE = NoiseSchedule.from_config({"beta_schedule": "scaled_linear"})
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def constant_x0(value: torch.Tensor):
     return lambda x_t, t: value.expand(x_t.shape[0], *value.shape[1:]).clone()

@@ -23,13 +23,6 @@ from engine.distill.data import (
 CAPTIONS = ["red heart", "rocket", "green apple", "smiling cat", "yellow star", "blue car"]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def sketch_dataset(tmp_path_factory) -> Path:
