@@ -24,7 +24,8 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     sqrt_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
     trace_sqrt = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+    distance = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
+    return max(float(distance), 0.0)  # rounding can leave -1e-14 for identical sets
 
 
 @torch.no_grad()
