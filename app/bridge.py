@@ -49,6 +49,7 @@ class LiveEngine(QObject):
         self._busy = False
         self._closed = False
         self.description = ""
+        self.is_student = True
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
 
     # -- model -------------------------------------------------------------------------------
@@ -73,6 +74,8 @@ class LiveEngine(QObject):
         else:
             self._service.replace_generator(generator)
         self.description = description
+        # A teacher (no student.json) makes noise in one step; the live tab says so.
+        self.is_student = bool(getattr(generator, "is_student", True))
         self.generator_changed.emit(description)
 
     # -- requests ----------------------------------------------------------------------------

@@ -287,7 +287,12 @@ class LiveTab(QWidget):
 
     def _on_generator_changed(self, description: str) -> None:
         self.show_model_missing(False)
-        self.status_message.emit(f"Model ready: {description}")
+        if self.engine.is_student:
+            self.status_message.emit(f"Model ready: {description}")
+        else:
+            self.status_message.emit(
+                f"Model ready: {description} is a teacher, not a distilled student, so one-step "
+                "frames look like noise; try 4 steps or Compare, or distill it in the Engine tab.")
         self.submit_current()
 
     def show_model_missing(self, missing: bool) -> None:

@@ -181,3 +181,15 @@ def test_a_result_queued_before_close_is_not_shown(qtbot):
     engine._delivered_on_worker.emit(GenerateResult(request_id, np.zeros((4, 4, 3), np.uint8)))
     qtbot.wait(50)
     assert shown == [] and not engine.busy
+
+
+def test_a_teacher_model_is_named_as_such_in_the_status_bar(make_window, qtbot):
+    teacher = FakeGenerator()
+    teacher.is_student = False
+    window = make_window(generator=teacher)
+    qtbot.waitUntil(lambda: "is a teacher" in window.statusBar().currentMessage(), timeout=10_000)
+    student = FakeGenerator()
+    student.is_student = True
+    window.live_tab.engine.set_generator(student, "student")
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage() == "Model ready: student",
+                    timeout=10_000)
