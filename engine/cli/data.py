@@ -10,10 +10,20 @@ from engine.api import EngineError
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches).")
-    parser.add_argument("source", choices=["emoji"], help="dataset to build")
+        help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches; "
+             "pack: an emoji dataset pre-encoded into a small latent pack for a GPU machine).")
+    parser.add_argument("source", choices=["emoji", "pack"],
+                        help="emoji: render the dataset; pack: encode --data with --vae into a "
+                             "latent pack (AE latents + a MiniLM pruned to the captions' "
+                             "vocabulary, about 40 MB) that train-teacher --data and distill "
+                             "--real-data accept where the images and the text-encoder package "
+                             "are not installed")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder (replaced atomically)")
+    parser.add_argument("--data", type=Path, default=Path("data/emoji"),
+                        help="pack: the emoji dataset folder to encode (default data/emoji)")
+    parser.add_argument("--vae", type=Path, default=Path("assets/models/teacher/vae"),
+                        help="pack: the autoencoder that encodes it (default: the embedded one)")
     parser.add_argument("--font", type=Path, default=None,
                         help="color emoji font (default: the Debian fonts-noto-color-emoji file)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N emoji (tests)")
@@ -21,6 +31,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.source == "pack":
+        return run_pack(args)
     from tqdm import tqdm
 
     from engine.embedded.dataset import build_dataset
@@ -31,4 +43,28 @@ def run(args) -> int:
                              progress=lambda items: tqdm(items, desc="emoji", unit="img"))
     print(f"wrote {manifest['count']} images ({manifest['train']} train, {manifest['heldout']} "
           f"held out, {manifest['skipped_empty']} empty glyphs skipped) to {args.out}")
+    return 0
+
+
+def run_pack(args) -> int:
+    from engine.embedded.autoencoder import load_autoencoder
+    from engine.embedded.dataset import load_dataset
+    from engine.embedded.latents import build_latent_cache, folder_digest, load_minilm
+    from engine.embedded.pack import is_pack, write_pack
+
+    if args.out.exists() and not is_pack(args.out):
+        raise EngineError(f"{args.out} exists and is not a latent pack; pick another --out.")
+    if not (args.vae / "config.json").is_file():
+        raise EngineError(f"No autoencoder in {args.vae} (config.json missing); pass --vae.")
+    data = load_dataset(args.data)
+    print(f"encoding {len(data.captions)} images, sketches and captions ...", flush=True)
+    text_encoder = load_minilm()
+    cache = build_latent_cache(data, args.vae, text_encoder)
+    manifest = write_pack(cache, text_encoder, args.out, {
+        "vae_digest": folder_digest(args.vae), "image_size": int(data.images.shape[1]),
+        "latent_scale": float(load_autoencoder(args.vae).config.scaling_factor),
+        "source": str(args.data)})
+    size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"wrote a latent pack of {manifest['count']} images ({size / 2**20:.1f} MiB, "
+          f"vocabulary {manifest['vocab_size']} tokens) to {args.out}")
     return 0

@@ -97,6 +97,9 @@ def add_parser(subparsers) -> None:
     add("--sample-every", type=int, default=None,
         help="steps between sample grids samples/step-N.png (default 100; 0: none)")
     add("--seed", type=int, default=None, help="seed of every random draw (default 0)")
+    add("--max-minutes", type=float, default=None,
+        help="stop after this many minutes (counted from the start, preparation included) "
+             "as Ctrl-C would: checkpoint, student/, exit 0; --resume goes on later")
     add("--device", default=None,
         help="auto (default): CUDA when available; on GPUs the teacher runs in bf16 and the "
              "student and critic train with fp32 weights under bf16 autocast")
@@ -128,6 +131,8 @@ def prepare_config(args):
     from engine.pipeline.loading import check_layout, resolve_model_dir
 
     config, given = config_from_args(args)
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise EngineError(f"--max-minutes must be positive, not {args.max_minutes}.")
     out = Path(config.out)
     saved_path = out / "config.json"
     if args.resume:
@@ -156,7 +161,7 @@ def run(args) -> int:
         from engine.distill.trainer import DistillTrainer
 
         trainer = DistillTrainer(config)
-        step = trainer.train()
+        step = trainer.train(max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     except EngineError as error:
         if json_mode:
             ProgressReporter("json").error(str(error))

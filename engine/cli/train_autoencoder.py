@@ -75,7 +75,7 @@ def run(args) -> int:
     bar = tqdm(total=args.steps, initial=trainer.step, desc="autoencoder", unit="step")
     started = time.perf_counter()
     first_step = trainer.step
-    with StopFlag() as stop:
+    with StopFlag(args.max_minutes) as stop:
         while trainer.step < args.steps and not stop.requested:
             logs = trainer.train_step()
             bar.update(1)

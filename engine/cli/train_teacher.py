@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-teacher",
         help="Train the embedded teacher UNet on AE latents of an emoji dataset (resumable).")
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder (engine data)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="dataset folder (engine data emoji) or latent pack (engine data pack)")
     parser.add_argument("--out", type=Path, required=True,
                         help="run folder: cache/, checkpoints/, samples/, metrics.jsonl, model/")
     parser.add_argument("--vae", type=Path, default=None,
@@ -40,6 +41,7 @@ def run(args) -> int:
     from engine.embedded.dataset import load_dataset
     from engine.embedded.export import export_model_folder, write_sample_grid
     from engine.embedded.latents import cached_or_built
+    from engine.embedded.pack import check_pack_vae, is_pack, load_pack
     from engine.embedded.teacher import TeacherConfig, TeacherTrainer, parameter_count
 
     checkpoints = prepare_run(args)
@@ -50,9 +52,15 @@ def run(args) -> int:
     if not (vae_dir / "config.json").is_file():
         raise EngineError(f"No trained autoencoder in {vae_dir}; run train-autoencoder or "
                           "pass --vae.")
-    data = load_dataset(args.data)
-    print("encoding latents and captions (cached in OUT/cache) ...", flush=True)
-    cache = cached_or_built(args.out / "cache", args.data, data, vae_dir, args.device)
+    text_source = None
+    if is_pack(args.data):
+        check_pack_vae(args.data, vae_dir)
+        print("encoding the pack's captions ...", flush=True)
+        cache, text_source = load_pack(args.data, args.device), args.data
+    else:
+        print("encoding latents and captions (cached in OUT/cache) ...", flush=True)
+        cache = cached_or_built(args.out / "cache", args.data, load_dataset(args.data), vae_dir,
+                                args.device)
     config = TeacherConfig(batch=args.batch, lr=args.lr, warmup=args.warmup,
                            dedupe_steps=args.dedupe_steps)
     trainer = TeacherTrainer(cache, config, device=args.device)
@@ -67,7 +75,7 @@ def run(args) -> int:
 
     def export() -> None:
         export_model_folder(trainer.ema, vae_dir, args.out / "model",
-                            {"teacher_steps": trainer.step, "batch": config.batch})
+                            {"teacher_steps": trainer.step, "batch": config.batch}, text_source)
 
     if args.export_only:
         export()
@@ -76,7 +84,7 @@ def run(args) -> int:
     metrics = MetricsLog(args.out)
     bar = tqdm(total=args.steps, initial=trainer.step, desc="teacher", unit="step")
     started, first_step = time.perf_counter(), trainer.step
-    with StopFlag() as stop:
+    with StopFlag(args.max_minutes) as stop:
         while trainer.step < args.steps and not stop.requested:
             logs = trainer.train_step()
             bar.update(1)

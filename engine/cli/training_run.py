@@ -15,6 +15,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, export_help: str) -> None
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: default; use 1 while other jobs share the CPU)")
+    parser.add_argument("--max-minutes", type=float, default=0,
+                        help="stop after this many minutes as Ctrl-C would (checkpoint, then "
+                             "exit 0); 0: no limit")
 
 
 def prepare_run(args: argparse.Namespace) -> list[Path]:
@@ -29,6 +32,8 @@ def prepare_run(args: argparse.Namespace) -> list[Path]:
 
     if args.steps < 1 or args.batch < 1:
         raise EngineError("--steps and --batch must be positive.")
+    if args.max_minutes < 0:
+        raise EngineError(f"--max-minutes must be zero or positive, not {args.max_minutes}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EngineError("--device cuda was asked for but no CUDA GPU is available.")
     if args.threads:

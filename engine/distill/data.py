@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from engine.api import EngineError
+from engine.embedded.pack import is_pack, pack_captions
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 EMBEDDED_DATA_DIR = REPO_DIR / "data" / "emoji"
@@ -70,10 +71,14 @@ def embedded_captions(folder: Path = EMBEDDED_DATA_DIR) -> list[str] | None:
     return sorted(set(captions)) or None
 
 
-def default_prompts(teacher: str, prompts_file: str | None) -> list[str]:
-    """--prompts FILE, else the emoji captions for the embedded teacher, else a generic list."""
+def default_prompts(teacher: str, prompts_file: str | None,
+                    real_data: str | None = None) -> list[str]:
+    """--prompts FILE, else the training captions of a latent pack given as --real-data, else
+    the emoji captions for the embedded teacher, else a generic list."""
     if prompts_file:
         return read_prompts_file(Path(prompts_file))
+    if is_pack(real_data):
+        return sorted(set(pack_captions(Path(real_data))))
     if teacher in EMBEDDED_TEACHERS:
         return embedded_captions() or list(EMOJI_PROMPTS)
     return list(GENERIC_PROMPTS)
@@ -177,6 +182,8 @@ def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def has_sketches(folder: Path) -> bool:
     """Whether a real-data folder carries sketches (cheap: no image is read)."""
     folder = Path(folder)
+    if is_pack(folder):
+        return True
     if (folder / "manifest.json").is_file():
         return (folder / "sketches.npy").is_file()
     sketch_dir = folder / SKETCH_FOLDER

@@ -25,6 +25,7 @@ from engine.distill.regression import (
     save_pairs,
 )
 from engine.distill.run_folder import export_student, save_grid
+from engine.embedded.pack import is_pack, load_pack_latents, pack_manifest
 from engine.pipeline.sampling import ddim_sample, multistep_sample
 from engine.pipeline.schedule import ddim_timesteps
 
@@ -114,6 +115,9 @@ def cache_real_data(trainer: DistillTrainer, folder: Path, assets: RunAssets, im
     """Encode the real images (GAN) and/or their sketches once with the teacher's VAE; the
     latents are cached in the run folder and reused on resume."""
     parts, run = trainer.parts, trainer.run
+    if is_pack(folder):
+        use_pack_latents(trainer, folder, assets, images, sketches)
+        return
     meta = {"folder": str(folder.resolve()), "image_size": parts.image_size}
     wanted = [name for name, needed in ((REAL_CACHE_NAME, images), (SKETCH_CACHE_NAME, sketches))
               if needed]
@@ -145,6 +149,25 @@ def cache_real_data(trainer: DistillTrainer, folder: Path, assets: RunAssets, im
             assets.sketch_latents, assets.has_sketch = saved["latents"], saved["has_sketch"]
         else:
             assets.real_latents = saved["latents"]
+
+
+def use_pack_latents(trainer: DistillTrainer, folder: Path, assets: RunAssets, images: bool,
+                     sketches: bool) -> None:
+    """Real and sketch latents straight from a latent pack (already encoded, nothing cached)."""
+    latents, sketch_latents, captions = load_pack_latents(folder)
+    expected = tuple(trainer.latent_shape(1)[1:])
+    scale = pack_manifest(folder).get("latent_scale")
+    if tuple(latents.shape[1:]) != expected or (
+            scale is not None and abs(scale - trainer.parts.latent_scale) > 1e-4 * abs(scale)):
+        raise EngineError(f"The latent pack {folder} was encoded for another autoencoder "
+                          f"(latents {tuple(latents.shape[1:])}, scale {scale}) than this "
+                          f"teacher's ({expected}, scale {trainer.parts.latent_scale}).")
+    assets.real_captions = captions
+    if images:
+        assets.real_latents = latents
+    if sketches:
+        assets.sketch_latents = sketch_latents
+        assets.has_sketch = torch.ones(len(captions), dtype=torch.bool)
 
 
 def cached_real_ok(cache: Path, meta: dict) -> bool:

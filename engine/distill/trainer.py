@@ -51,6 +51,7 @@ class DistillTrainer:
         self.config = config.resolve()
         self.run = RunFolder(config.out)
         self.stop_requested = False
+        self.deadline: float | None = None  # time.monotonic() at which train() stops
         # 1. accelerator and teacher
         self.accelerator = setup.make_accelerator(config)
         self.reporter = reporter or ProgressReporter(config.progress,
@@ -87,7 +88,7 @@ class DistillTrainer:
         self.gan_loss = GanLoss(config.gan_weight, config.gan_critic_weight)
         # 4. prompts, unconditional embedding, share of sketch-conditioned samples (resolved
         #    here so config.json and resumes record the value used)
-        self.prompts = default_prompts(config.teacher, config.prompts)
+        self.prompts = default_prompts(config.teacher, config.prompts, config.real_data)
         self.uncond = self.encode([""])
         config.sketch_fraction = self.sketch_fraction = resolve_sketch_fraction(
             config, self.parts.conditioning_channels, self.parts.latent_channels)
@@ -291,14 +292,18 @@ class DistillTrainer:
         self.stop_requested = True
 
     def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop_requested = True
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
         if self.world > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
         return bool(flag.item() > 0)
 
-    def train(self) -> int:
-        """Run (or resume) to config.steps; returns the last completed step."""
+    def train(self, max_seconds: float | None = None) -> int:
+        """Run (or resume) to config.steps, or until max_seconds have passed (then stop as on
+        SIGTERM: checkpoint and student/); returns the last completed step."""
         config, accelerator, run = self.config, self.accelerator, self.run
+        self.deadline = time.monotonic() + max_seconds if max_seconds else None
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):

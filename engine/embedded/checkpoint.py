@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -138,11 +139,17 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM so the training loop can checkpoint and exit cleanly."""
+    """Set by SIGINT/SIGTERM, or once max_minutes (0: never) have passed, so the training
+    loop can checkpoint and exit cleanly."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, max_minutes: float = 0) -> None:
+        self.signalled = False
+        self.deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
         self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,7 +158,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signalled = True
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,19 @@ from engine.embedded.latents import TEXT_MAX_LENGTH, TEXT_PACKAGE
 from engine.embedded.teacher import SCHEDULER_CONFIG
 
 
-def model_index(image_size: int = 128) -> dict:
+def model_index(image_size: int = 128, own_text_encoder: bool = False) -> dict:
+    """The folder's model_index.json: MiniLM from its pip package, or the folder's own
+    text_encoder/ and tokenizer/ (a latent pack's pruned copy)."""
+    text = ({"text_encoder": ["transformers", "BertModel"],
+             "tokenizer": ["transformers", "BertTokenizer"]} if own_text_encoder
+            else {"text_encoder_package": TEXT_PACKAGE})
     return {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": _diffusers_version(),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderTiny"],
         "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder_package": TEXT_PACKAGE,
+        **text,
         "text_max_length": TEXT_MAX_LENGTH,
         "image_size": image_size,
     }
@@ -35,8 +41,10 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def export_model_folder(unet, vae_dir: Path, out: Path, training: dict | None = None) -> Path:
-    """Save unet (e.g. the EMA copy) and the AE as fp16 safetensors in a model folder."""
+def export_model_folder(unet, vae_dir: Path, out: Path, training: dict | None = None,
+                        text_source: Path | None = None) -> Path:
+    """Save unet (e.g. the EMA copy) and the AE as fp16 safetensors in a model folder; with
+    text_source (a latent pack) its text_encoder/ and tokenizer/ are copied in as well."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
@@ -50,7 +58,11 @@ def export_model_folder(unet, vae_dir: Path, out: Path, training: dict | None = 
         (temp / "scheduler").mkdir()
         (temp / "scheduler" / "scheduler_config.json").write_text(
             json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
-        (temp / "model_index.json").write_text(json.dumps(model_index(image_size), indent=2) + "\n")
+        if text_source is not None:
+            for name in ("text_encoder", "tokenizer"):
+                shutil.copytree(Path(text_source) / name, temp / name)
+        index = model_index(image_size, own_text_encoder=text_source is not None)
+        (temp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         if training:
             text = json.dumps(training, indent=1, sort_keys=True)
             (temp / "training.json").write_text(text + "\n")

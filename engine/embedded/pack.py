@@ -1,0 +1,153 @@
+"""Latent pack: a dataset pre-encoded for one autoencoder, small enough to carry to a GPU box.
+
+A pack folder holds the scaled AE latents of every image and sketch (fp16), the split flags,
+the captions, and a copy of MiniLM whose word-embedding table keeps only the wordpieces the
+captions use (text_encoder/ + tokenizer/, fp16). Half of MiniLM's weights are that table, so
+the pack is about 40 MB for the emoji set instead of the 194 MB of images plus the 90 MB
+text-encoder package, and a machine without either can train the teacher and distill from it.
+Pruning keeps tokenisation exact: WordPiece picks the longest matching piece, every piece a
+caption used is kept, and no kept piece is longer than one that was dropped for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.api import EngineError
+from engine.embedded.atomic import atomic_save_folder
+from engine.embedded.latents import TEXT_MAX_LENGTH, LatentCache, encode_captions
+
+PACK_KIND = "dmd-studio-latent-pack"
+PACK_VERSION = 1
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def is_pack(folder: Path | str | None) -> bool:
+    """Whether folder is a latent pack (its manifest says so)."""
+    if folder is None:
+        return False
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("kind") == PACK_KIND
+    except (OSError, ValueError):
+        return False
+
+
+def used_token_ids(text_encoder, texts: list[str]) -> list[int]:
+    """Sorted ids of every token the texts tokenise to, plus the tokenizer's special tokens."""
+    tokens = text_encoder.tokenize(texts)["input_ids"]
+    ids = set(tokens.flatten().tolist()) | set(text_encoder.tokenizer.all_special_ids)
+    return sorted(ids)
+
+
+def write_pruned_text_encoder(text_encoder, texts: list[str], folder: Path) -> int:
+    """Save text_encoder/ and tokenizer/ (a BERT-family model) keeping only the vocabulary the
+    texts use; returns the new vocabulary size."""
+    tokenizer, model = text_encoder.tokenizer, text_encoder.model
+    if not hasattr(model, "embeddings") or not hasattr(tokenizer, "vocab"):
+        raise EngineError("Only a BERT-family (WordPiece) text encoder can be pruned into a pack.")
+    keep = used_token_ids(text_encoder, texts)
+    pruned = copy.deepcopy(model).to("cpu", torch.float32)
+    table = pruned.get_input_embeddings().weight.detach()[torch.tensor(keep)].clone()
+    pad_id = keep.index(tokenizer.pad_token_id)
+    pruned.set_input_embeddings(torch.nn.Embedding.from_pretrained(table, freeze=False,
+                                                                   padding_idx=pad_id))
+    pruned.config.vocab_size = len(keep)
+    pruned.config.pad_token_id = pad_id
+    pruned.half().save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
+    tokenizer_dir = folder / "tokenizer"
+    tokenizer_dir.mkdir(parents=True)
+    pieces = tokenizer.convert_ids_to_tokens(keep)
+    (tokenizer_dir / "vocab.txt").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    source = Path(tokenizer.name_or_path)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, tokenizer_dir / name)
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": type(tokenizer).__name__.removesuffix("Fast"),
+             "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True))}))
+    return len(keep)
+
+
+def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict) -> dict:
+    """Write cache (latents, flags, captions) and a pruned text encoder as a pack folder."""
+    tensors = {"latents": cache.latents.half().contiguous(),
+               "sketch_latents": cache.sketch_latents.half().contiguous(),
+               "heldout": cache.heldout.contiguous(), "variant": cache.variant.contiguous()}
+    manifest = {"kind": PACK_KIND, "version": PACK_VERSION, "count": len(cache),
+                "text_max_length": text_encoder.max_length, **meta}
+
+    def write(temp: Path) -> None:
+        save_file(tensors, str(temp / "latents.safetensors"))
+        manifest["vocab_size"] = write_pruned_text_encoder(
+            text_encoder, list(cache.captions) + [""], temp)
+        (temp / "captions.json").write_text(json.dumps(cache.captions, ensure_ascii=False))
+        (temp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+    atomic_save_folder(Path(folder), write)
+    return manifest
+
+
+def pack_manifest(folder: Path) -> dict:
+    if not is_pack(folder):
+        raise EngineError(f"{folder} is not a latent pack (no manifest.json of kind "
+                          f"{PACK_KIND!r}); make one with `python -m engine data pack`.")
+    return json.loads((Path(folder) / "manifest.json").read_text())
+
+
+def check_pack_vae(folder: Path, vae_dir: Path) -> None:
+    """An error unless the pack's latents were made by the autoencoder in vae_dir."""
+    from engine.embedded.latents import folder_digest
+
+    if pack_manifest(folder).get("vae_digest") != folder_digest(vae_dir):
+        raise EngineError(f"The latent pack {folder} was encoded with another autoencoder than "
+                          f"{vae_dir}; pass the --vae it was made with or remake the pack.")
+
+
+def load_pack_text_encoder(folder: Path, device: str = "cpu"):
+    from engine.pipeline.text import load_text_encoder
+
+    manifest = pack_manifest(folder)
+    return load_text_encoder(Path(folder), None, manifest.get("text_max_length", TEXT_MAX_LENGTH),
+                             device, torch.float32)
+
+
+def pack_captions(folder: Path, split: str = "train") -> list[str]:
+    """The captions of one split ("train", "heldout" or "all"), in pack order."""
+    captions = json.loads((Path(folder) / "captions.json").read_text(encoding="utf-8"))
+    if split == "all":
+        return captions
+    heldout = load_file(str(Path(folder) / "latents.safetensors"))["heldout"].tolist()
+    return [c for c, held in zip(captions, heldout, strict=True) if held == (split == "heldout")]
+
+
+def load_pack_latents(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(latents, sketch latents, captions) of the training split, float32, for distillation."""
+    pack_manifest(folder)
+    tensors = load_file(str(Path(folder) / "latents.safetensors"))
+    keep = ~tensors["heldout"].bool()
+    return (tensors["latents"][keep].float(), tensors["sketch_latents"][keep].float(),
+            pack_captions(folder))
+
+
+def load_pack(folder: Path, device: str = "cpu") -> LatentCache:
+    """The pack as a LatentCache; caption states are recomputed with its pruned text encoder."""
+    folder = Path(folder)
+    pack_manifest(folder)
+    tensors = load_file(str(folder / "latents.safetensors"))
+    captions = pack_captions(folder, "all")
+    text_encoder = load_pack_text_encoder(folder, device)
+    token_states, pooled = encode_captions(text_encoder, captions)
+    null_states, null_pooled = encode_captions(text_encoder, [""])
+    return LatentCache(tensors["latents"].float(), tensors["sketch_latents"].float(),
+                       token_states.half(), pooled, null_states[0], null_pooled[0],
+                       tensors["heldout"].bool(), tensors["variant"].bool(), captions)
