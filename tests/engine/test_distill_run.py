@@ -134,6 +134,7 @@ def test_lora_student_is_merged_into_a_plain_unet(tiny_sketch_model_dir):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--lr=-1"], "--lr must be positive"),
     (["--method", "gan"], "Unknown method"),
+    (["--max-minutes", "0"], "--max-minutes must be positive"),
     (["--teacher", "NO_UNET"], "has no unet/ folder"),
 ])
 def test_bad_values_fail_with_one_line_and_exit_code_2(tmp_path, tiny_model_dir, flags, message):
@@ -203,3 +204,23 @@ def test_two_process_ddp_run(tiny_model_dir, tmp_path):
     assert (checkpoint / "random_states_0.pkl").is_file()
     assert (checkpoint / "random_states_1.pkl").is_file()
     assert (out / "student" / "unet").is_dir()
+
+
+def test_a_time_limit_stops_like_sigterm_with_a_checkpoint(tiny_model_dir, tmp_path):
+    from engine.distill.checkpoint import latest_checkpoint
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run", steps=100000,
+                         regression_weight=0.0)
+    from accelerate.state import AcceleratorState
+
+    from engine.distill.trainer import DistillTrainer
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    stream = io.StringIO()
+    started = time.monotonic()
+    step = DistillTrainer(config, ProgressReporter("json", stream=stream)).train(max_seconds=3)
+    assert 0 <= step < 100000 and time.monotonic() - started < 60
+    done = json.loads(stream.getvalue().splitlines()[-1])
+    assert done["event"] == "done" and done["stopped"] is True and done["step"] == step
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == step
+    assert (tmp_path / "run" / "student" / "student.json").is_file()

@@ -202,3 +202,14 @@ def test_atomic_folder_save_keeps_the_old_folder_when_writing_fails(tmp_path):
     atomic_save_folder(final, lambda folder: (folder / "weights").write_text("v2"))
     assert (final / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_stop_flag_deadline(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(ckpt.time, "monotonic", lambda: now[0])
+    unlimited, limited = ckpt.StopFlag(0), ckpt.StopFlag(0.5)
+    assert not unlimited.requested and not limited.requested
+    now[0] += 29.9
+    assert not limited.requested
+    now[0] += 0.2
+    assert limited.requested and not unlimited.requested
