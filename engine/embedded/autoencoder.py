@@ -20,13 +20,16 @@ from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.dataset import EmojiDataset
 
 
-def build_autoencoder(channels: int = 32, latent_channels: int = 4):
-    """AutoencoderTiny with equal channels and one block per level (3 downsamplings: 8x)."""
+def build_autoencoder(channels: int = 32, latent_channels: int = 4,
+                      decoder_channels: int | None = None):
+    """AutoencoderTiny with one block per level (3 downsamplings: 8x); every encoder block has
+    `channels` and every decoder block `decoder_channels` (default the same), as diffusers'
+    AutoencoderTiny needs equal channels within each half."""
     from diffusers import AutoencoderTiny
 
     return AutoencoderTiny(
         encoder_block_out_channels=(channels,) * 4,
-        decoder_block_out_channels=(channels,) * 4,
+        decoder_block_out_channels=(decoder_channels or channels,) * 4,
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=latent_channels,
@@ -131,17 +134,30 @@ class AutoencoderTrainer:
 
     def __init__(self, data: EmojiDataset, channels: int = 32, lr: float = 1e-3,
                  total_steps: int = 10000, batch: int = 32, crop: int = 64,
-                 sketch_fraction: float = 0.2, seed: int = 0, device: str = "cpu"):
+                 sketch_fraction: float = 0.2, seed: int = 0, device: str = "cpu",
+                 decoder_channels: int | None = None, frozen_encoder: Path | None = None):
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.ae = build_autoencoder(channels).to(self.device).train()
+        self.fixed_scale = None
+        if frozen_encoder is not None:
+            source = load_autoencoder(frozen_encoder)
+            channels = int(source.config.encoder_block_out_channels[0])
+            self.ae = build_autoencoder(channels, int(source.config.latent_channels),
+                                        decoder_channels)
+            self.adopt_encoder(source)
+        else:
+            self.ae = build_autoencoder(channels, decoder_channels=decoder_channels)
+        self.ae.to(self.device).train()
         self.config = {"channels": channels, "lr": lr, "total_steps": total_steps, "batch": batch,
-                       "crop": crop, "sketch_fraction": sketch_fraction, "seed": seed}
+                       "crop": crop, "sketch_fraction": sketch_fraction, "seed": seed,
+                       "decoder_channels": decoder_channels or channels,
+                       "frozen_encoder": str(frozen_encoder) if frozen_encoder else None}
         train = ~data.heldout
         self.images = torch.from_numpy(data.images[train])
         self.sketches = torch.from_numpy(data.sketches[train])
         self.heldout = torch.from_numpy(data.images[data.heldout])
-        self.optimizer = torch.optim.AdamW(self.ae.parameters(), lr=lr, weight_decay=1e-4)
+        trainable = [p for p in self.ae.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-4)
         warmup = min(200, max(total_steps // 20, 1))
 
         def lr_factor(step: int) -> float:
@@ -153,6 +169,15 @@ class AutoencoderTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
+
+    def adopt_encoder(self, source) -> None:
+        """Copy and freeze source's encoder (and its scaling_factor), so the latent space that
+        teachers were trained on stays; a decoder of the same width starts from source's."""
+        self.ae.encoder.load_state_dict(source.encoder.state_dict())
+        self.ae.encoder.requires_grad_(False)
+        if source.config.decoder_block_out_channels == self.ae.config.decoder_block_out_channels:
+            self.ae.decoder.load_state_dict(source.decoder.state_dict())
+        self.fixed_scale = float(source.config.scaling_factor)
 
     def sample_batch(self) -> torch.Tensor:
         batch, crop = self.config["batch"], self.config["crop"]
@@ -176,7 +201,7 @@ class AutoencoderTrainer:
         loss, logs = reconstruction_loss(self.ae, images)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.ae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -201,15 +226,18 @@ class AutoencoderTrainer:
         self.step = int(state["step"])
 
     def export(self, out: Path, all_images: torch.Tensor) -> dict:
-        """Save a diffusers vae folder with scaling_factor = 1 / std of the training latents."""
+        """Save a diffusers vae folder with scaling_factor = 1 / std of the training latents
+        (a frozen encoder keeps its own)."""
         self.ae.eval()
         latents = encode_images(self.ae, all_images)
         std, mean = float(latents.std()), float(latents.mean())
-        self.ae.register_to_config(scaling_factor=1.0 / std)
+        self.ae.register_to_config(scaling_factor=self.fixed_scale or 1.0 / std)
         atomic_save_folder(Path(out), lambda tmp: self.ae.save_pretrained(
             str(tmp), safe_serialization=True))
         self.ae.train()
         info = {"step": self.step, "latent_std": std, "latent_mean": mean,
-                "scaling_factor": 1.0 / std}
+                "scaling_factor": float(self.ae.config.scaling_factor),
+                "decoder_channels": self.config["decoder_channels"],
+                "frozen_encoder": self.config["frozen_encoder"]}
         (Path(out) / "training.json").write_text(json.dumps(info, indent=1) + "\n")
         return info

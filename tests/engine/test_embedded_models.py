@@ -91,6 +91,30 @@ def test_autoencoder_step_checkpoint_and_exact_resume(tmp_path):
     assert config["scaling_factor"] == pytest.approx(1 / info["latent_std"])
 
 
+def test_decoder_only_training_keeps_the_encoder_and_its_scale(tmp_path):
+    data = fake_dataset()
+    source = AutoencoderTrainer(data, channels=8, total_steps=10, batch=4, crop=16)
+    source.export(tmp_path / "source", torch.from_numpy(data.images))
+    source_scale = json.loads((tmp_path / "source" / "config.json").read_text())["scaling_factor"]
+    slim = AutoencoderTrainer(data, total_steps=10, batch=4, crop=16, decoder_channels=4,
+                              frozen_encoder=tmp_path / "source")
+    assert slim.ae.config.encoder_block_out_channels == (8,) * 4
+    assert slim.ae.config.decoder_block_out_channels == (4,) * 4
+    encoder = torch.cat([p.flatten() for p in slim.ae.encoder.parameters()]).clone()
+    assert torch.equal(encoder, torch.cat([p.flatten() for p in source.ae.encoder.parameters()]))
+    decoder = torch.cat([p.detach().flatten() for p in slim.ae.decoder.parameters()]).clone()
+    slim.train_step()
+    assert torch.equal(encoder, torch.cat([p.flatten() for p in slim.ae.encoder.parameters()]))
+    assert not torch.equal(decoder, torch.cat([p.detach().flatten()
+                                               for p in slim.ae.decoder.parameters()]))
+    slim.export(tmp_path / "slim", torch.from_numpy(data.images))
+    config = json.loads((tmp_path / "slim" / "config.json").read_text())
+    assert config["scaling_factor"] == source_scale
+    same_width = AutoencoderTrainer(data, total_steps=10, batch=4, crop=16,
+                                    frozen_encoder=tmp_path / "source")
+    assert torch.equal(flat_weights(same_width.ae), flat_weights(source.ae))  # a fine-tune start
+
+
 def test_teacher_unet_shapes_and_default_size():
     unet = build_teacher_unet((32, 32))
     out = unet(torch.randn(2, 8, 8, 8), torch.tensor([1, 999]), torch.randn(2, 4, TEXT_DIM),
