@@ -106,6 +106,7 @@ def prepare_assets(trainer: DistillTrainer) -> RunAssets:
                         images=real_folder is not None, sketches=trainer.sketch_fraction > 0)
     teacher_png = run.samples_dir / "teacher.png"
     if config.sample_every and accelerator.is_main_process and not teacher_png.is_file():
+        trainer.assets = assets  # the grid's sketch row reads them
         teacher_grid(trainer, teacher_png)
     return assets
 
@@ -190,40 +191,69 @@ def decode(trainer: DistillTrainer, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode((latents / trainer.parts.latent_scale).to(trainer.device, dtype)).sample
 
 
+def sample_sketches(trainer: DistillTrainer, count: int) -> tuple[list[str], torch.Tensor] | None:
+    """Fixed (caption, sketch latent) pairs of the real data, spread evenly, for the sketch row
+    of the sample grids; None when the run has no sketch conditioning."""
+    assets = trainer.assets
+    if assets is None or assets.sketch_latents is None or not trainer.sketch_fraction:
+        return None
+    ids = sample_prompts(assets.sketch_ids, count)
+    return [assets.real_captions[i] for i in ids], assets.sketch_latents[torch.tensor(ids)]
+
+
+def grid_rows(trainer: DistillTrainer, prompts: list[str], sample) -> torch.Tensor:
+    """Images of sample(text, conditioning, x_start, generator) for the fixed prompts, then,
+    with sketch conditioning, for fixed (caption, sketch) pairs: the same seeds in both rows."""
+    rows = [(prompts, None)]
+    sketches = sample_sketches(trainer, len(prompts))
+    if sketches is not None:
+        rows.append(sketches)
+    images = []
+    for captions, conditioning in rows:
+        x_start, generator = fixed_noise(trainer, len(captions))
+        if conditioning is not None:
+            conditioning = conditioning.to(trainer.device)
+        latents = sample(trainer.encode(captions), conditioning, x_start.to(trainer.device),
+                         generator)
+        images.append(decode(trainer, latents))
+    return torch.cat(images)
+
+
 @torch.no_grad()
 def sample_grid(trainer: DistillTrainer, prompts: list[str], path: Path) -> None:
-    """The student's images for the fixed prompts and seeds (every rank runs; main saves)."""
-    text = trainer.encode(prompts)
-    x_start, generator = fixed_noise(trainer, len(prompts))
+    """The student's images for the fixed prompts and seeds (and sketches, when the run has
+    sketch conditioning); every rank runs, main saves."""
+    def sample(text, conditioning, x_start, generator):
+        def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            return trainer.student_x0(x_t.to(trainer.device), trainer.full_t(t, x_t.shape[0]),
+                                      text, conditioning)
 
-    def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-        return trainer.student_x0(x_t.to(trainer.device), trainer.full_t(t, x_t.shape[0]), text)
+        def noise_fn(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator)
 
-    def noise_fn(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator)
+        return multistep_sample(x0_fn, x_start, trainer.timesteps, trainer.schedule, noise_fn)
 
-    latents = multistep_sample(x0_fn, x_start.to(trainer.device), trainer.timesteps,
-                               trainer.schedule, noise_fn)
-    images = decode(trainer, latents)
+    images = grid_rows(trainer, prompts, sample)
     if trainer.accelerator.is_main_process:
         save_grid(images, path)
 
 
 @torch.no_grad()
 def teacher_grid(trainer: DistillTrainer, path: Path, ddim_steps: int = 25) -> None:
-    """The teacher's DDIM + CFG images for the same prompts and seeds, for comparison."""
-    prompts = sample_prompts(trainer.prompts, trainer.config.sample_count)
-    text = trainer.encode(prompts)
-    x0_cfg = cfg_x0_function(trainer.teacher, trainer.schedule, text, trainer.uncond, None,
-                             trainer.config.guidance)
-
-    def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-        return x0_cfg(x_t, trainer.full_t(t, x_t.shape[0]))
-
-    x_start, _ = fixed_noise(trainer, len(prompts))
+    """The teacher's DDIM + CFG images for the same prompts, sketches and seeds."""
     timesteps = ddim_timesteps(ddim_steps, trainer.schedule.num_train_timesteps)
-    latents = ddim_sample(x0_fn, x_start.to(trainer.device), timesteps, trainer.schedule)
-    save_grid(decode(trainer, latents), path)
+
+    def sample(text, conditioning, x_start, generator):
+        x0_cfg = cfg_x0_function(trainer.teacher, trainer.schedule, text, trainer.uncond,
+                                 conditioning, trainer.config.guidance)
+
+        def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            return x0_cfg(x_t, trainer.full_t(t, x_t.shape[0]))
+
+        return ddim_sample(x0_fn, x_start, timesteps, trainer.schedule)
+
+    prompts = sample_prompts(trainer.prompts, trainer.config.sample_count)
+    save_grid(grid_rows(trainer, prompts, sample), path)
 
 
 def export_student_folder(trainer: DistillTrainer, student_json: dict) -> None:

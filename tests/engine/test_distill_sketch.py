@@ -176,3 +176,19 @@ def test_image_folder_sketches_pair_by_file_name(tmp_path):
     assert data.has_sketch.tolist() == [False, True, False]
     assert data.sketches.shape == (3, 16, 16, 3)
     assert (data.sketches[1] == 0).all() and (data.sketches[0] == 255).all()
+
+
+def test_sample_grids_add_a_sketch_row_when_the_run_has_sketches(
+        tiny_sketch_model_dir, sketch_dataset, tmp_path, one_thread):
+    from PIL import Image
+
+    def grid_heights(out: Path, **overrides) -> tuple[int, int]:
+        config = sketch_config(tiny_sketch_model_dir, out, sketch_dataset, steps=1,
+                               sample_every=1, student_steps=1, gan_weight=0.0, **overrides)
+        assert new_trainer(config).train() == 1
+        return (Image.open(out / "samples" / "step-1.png").height,
+                Image.open(out / "samples" / "teacher.png").height)
+
+    # 8 fixed prompts in rows of 4 at 32 px with a 2-px gutter: 2 rows, or 4 with sketches
+    assert grid_heights(tmp_path / "sketched") == (4 * 34 - 2, 4 * 34 - 2)
+    assert grid_heights(tmp_path / "text", sketch_fraction=0.0) == (2 * 34 - 2, 2 * 34 - 2)
