@@ -51,7 +51,8 @@ def live_report(report: dict) -> str:
              f"image {first['image_size']} px, latent {first['latent_size']}, "
              f"medians of {first['repeats']} repeats; teacher: {first['teacher_label']}",
              f"cpu: {machine['cpu']} ({machine['logical_cpus']} logical CPUs, load "
-             f"{machine.get('load_avg_1m', '?')}){gpu}"]
+             f"{machine.get('load_avg_1m', '?')}, float32 matmul "
+             f"{machine.get('cpu_sgemm_gflops', '?')} GFLOP/s){gpu}"]
     return text + "\n\n" + "\n".join(notes)
 
 

@@ -73,6 +73,23 @@ def machine_info() -> dict:
         pass
     if hasattr(os, "getloadavg"):
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    info["cpu_sgemm_gflops"] = round(cpu_sgemm_gflops(), 1)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_sgemm_gflops(size: int = 512, repeats: int = 20) -> float:
+    """The host's float32 matrix-product rate with torch's threads (best of a few timed runs
+    of repeats products): shared VMs vary by hour, and this says how fast this one was."""
+    import torch
+
+    a = torch.randn(size, size)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 * repeats / best / 1e9
