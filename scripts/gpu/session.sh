@@ -3,10 +3,11 @@
 # at a large batch from the latent pack, distill the one-step student from it, bench the
 # SD-1.5-shaped frame; results go to $OUT (see docs/gpu-session.md).
 # Environment knobs (defaults for an H100): TEACHER_MIN, DISTILL_MIN, DEVICE, TEACHER_BATCH,
-# DISTILL_BATCH, PAIRS, BENCH (0 skips the sd15 bench).
+# TEACHER_LR, DISTILL_BATCH, DISTILL_LR, PAIRS, BENCH (0 skips the sd15 bench).
 set -uo pipefail
 TEACHER_MIN=${TEACHER_MIN:-4}; DISTILL_MIN=${DISTILL_MIN:-2.5}; DEVICE=${DEVICE:-cuda}
 TEACHER_BATCH=${TEACHER_BATCH:-512}; DISTILL_BATCH=${DISTILL_BATCH:-64}; PAIRS=${PAIRS:-2048}
+TEACHER_LR=${TEACHER_LR:-1e-3}; DISTILL_LR=${DISTILL_LR:-5e-5}
 BENCH=${BENCH:-1}; OUT=${OUT:?set OUT to the folder that comes back}
 PY=${PY:-python3}
 if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import diffusers" 2>/dev/null; then
@@ -37,13 +38,14 @@ ship() {  # ship UNET_DIR NAME: xz the fp16 weights into 15 MiB parts under $OUT
 }
 nvidia-smi -L 2>/dev/null || true
 $PY -m engine train-teacher --data .gpu/pack --vae assets/models/teacher/vae \
-    --out runs/gpu-teacher --device "$DEVICE" --batch "$TEACHER_BATCH" --dedupe-steps 1500 \
+    --out runs/gpu-teacher --device "$DEVICE" --batch "$TEACHER_BATCH" --lr "$TEACHER_LR" \
+    --dedupe-steps 1500 \
     --max-minutes "$TEACHER_MIN" --save-every 100000 --sample-every 1000 \
     --export-every 100000 2>&1 | quiet > "$LOGS/teacher.log"
 [ -f runs/gpu-teacher/model/unet/config.json ] || { tail -20 "$LOGS/teacher.log"; exit 1; }
 ship runs/gpu-teacher/model/unet teacher
 $PY -m engine distill --teacher runs/gpu-teacher/model --out runs/gpu-student \
-    --real-data .gpu/pack --device "$DEVICE" --batch "$DISTILL_BATCH" \
+    --real-data .gpu/pack --device "$DEVICE" --batch "$DISTILL_BATCH" --lr "$DISTILL_LR" \
     --regression-pairs "$PAIRS" --gan-weight 1e-3 --steps 100000 --max-minutes "$DISTILL_MIN" \
     --checkpoint-every 100000 --sample-every 250 --progress json > "$LOGS/distill.log" 2>&1
 [ -f runs/gpu-student/student/unet/config.json ] && ship runs/gpu-student/student/unet student
