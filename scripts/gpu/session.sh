@@ -50,6 +50,6 @@ $PY -m engine distill --teacher runs/gpu-teacher/model --out runs/gpu-student \
     --checkpoint-every 100000 --sample-every 250 --progress json > "$LOGS/distill.log" 2>&1
 [ -f runs/gpu-student/student/unet/config.json ] && ship runs/gpu-student/student/unet student
 if [ "$BENCH" = 1 ]; then
-    timeout 90 $PY -m engine bench --arch sd15 --device cuda --json > "$LOGS/bench-sd15.json" \
+    timeout 90 $PY -m engine bench --arch sd15 --device cuda --compile none --json > "$LOGS/bench-sd15.json" \
         2> "$LOGS/bench-sd15.log"
 fi
