@@ -47,9 +47,11 @@ def run(args) -> int:
 
 
 def run_pack(args) -> int:
+    import torch
+
     from engine.embedded.autoencoder import load_autoencoder
     from engine.embedded.dataset import load_dataset
-    from engine.embedded.latents import build_latent_cache, folder_digest, load_minilm
+    from engine.embedded.latents import build_latent_cache, load_minilm
     from engine.embedded.pack import is_pack, write_pack
 
     if args.out.exists() and not is_pack(args.out):
@@ -61,9 +63,9 @@ def run_pack(args) -> int:
     text_encoder = load_minilm()
     cache = build_latent_cache(data, args.vae, text_encoder)
     manifest = write_pack(cache, text_encoder, args.out, {
-        "vae_digest": folder_digest(args.vae), "image_size": int(data.images.shape[1]),
+        "image_size": int(data.images.shape[1]),
         "latent_scale": float(load_autoencoder(args.vae).config.scaling_factor),
-        "source": str(args.data)})
+        "vae": str(args.vae), "source": str(args.data)}, torch.from_numpy(data.images))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote a latent pack of {manifest['count']} images ({size / 2**20:.1f} MiB, "
           f"vocabulary {manifest['vocab_size']} tokens) to {args.out}")

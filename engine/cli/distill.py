@@ -98,8 +98,9 @@ def add_parser(subparsers) -> None:
         help="steps between sample grids samples/step-N.png (default 100; 0: none)")
     add("--seed", type=int, default=None, help="seed of every random draw (default 0)")
     add("--max-minutes", type=float, default=None,
-        help="stop after this many minutes (counted from the start, preparation included) "
-             "as Ctrl-C would: checkpoint, student/, exit 0; --resume goes on later")
+        help="stop after this many minutes (counted once the teacher is loaded, making "
+             "regression pairs included) as Ctrl-C would: checkpoint, student/, exit 0; "
+             "--resume goes on later")
     add("--device", default=None,
         help="auto (default): CUDA when available; on GPUs the teacher runs in bf16 and the "
              "student and critic train with fp32 weights under bf16 autocast")

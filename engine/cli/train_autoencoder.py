@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=12000, help="total optimisation steps")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--crop", type=int, default=64, help="training crop size (multiple of 8)")
-    parser.add_argument("--channels", type=int, default=32, help="channels of every block")
+    parser.add_argument("--channels", type=int, default=None,
+                        help="channels of every block (default 32, or the run's on --resume)")
     parser.add_argument("--decoder-channels", type=int, default=None,
                         help="channels of every decoder block (default --channels); 16 decodes "
                              "a 128-px frame about 2x faster than 32")
@@ -51,14 +52,17 @@ def run(args) -> int:
     if args.crop % 8 or args.crop < 16:
         raise EngineError("--crop must be a multiple of 8 and at least 16.")
     checkpoints = prepare_run(args)
-    data = load_dataset(args.data)
+    architecture_from_run(args, checkpoints)
     if args.frozen_encoder and not (args.frozen_encoder / "config.json").is_file():
         raise EngineError(f"No autoencoder in {args.frozen_encoder} (config.json missing).")
-    if (args.decoder_channels or args.channels) < 1:
-        raise EngineError("--channels and --decoder-channels must be positive.")
-    trainer = AutoencoderTrainer(data, channels=args.channels, lr=args.lr, total_steps=args.steps,
-                                 batch=args.batch, crop=args.crop, device=args.device,
-                                 decoder_channels=args.decoder_channels,
+    for flag, value in (("--channels", args.channels), ("--decoder-channels",
+                                                        args.decoder_channels)):
+        if value is not None and value < 1:
+            raise EngineError(f"{flag} must be positive, not {value}.")
+    data = load_dataset(args.data)
+    trainer = AutoencoderTrainer(data, channels=args.channels or 32, lr=args.lr,
+                                 total_steps=args.steps, batch=args.batch, crop=args.crop,
+                                 device=args.device, decoder_channels=args.decoder_channels,
                                  frozen_encoder=args.frozen_encoder)
     if checkpoints:
         trainer.resume(checkpoints[-1])
@@ -106,3 +110,20 @@ def run(args) -> int:
     bar.close()
     finish()
     return 0
+
+
+def architecture_from_run(args, checkpoints: list[Path]) -> None:
+    """On --resume, channels, decoder channels and the frozen encoder default to the run's
+    own (config.json), so a resumed decoder-only run stays decoder-only."""
+    import json
+
+    config_path = args.out / "config.json"
+    if not checkpoints or not config_path.is_file():
+        return
+    saved = json.loads(config_path.read_text())
+    if args.channels is None:
+        args.channels = saved.get("channels")
+    if args.decoder_channels is None:
+        args.decoder_channels = saved.get("decoder_channels")
+    if args.frozen_encoder is None and saved.get("frozen_encoder"):
+        args.frozen_encoder = Path(saved["frozen_encoder"])

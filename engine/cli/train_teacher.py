@@ -52,11 +52,11 @@ def run(args) -> int:
     if not (vae_dir / "config.json").is_file():
         raise EngineError(f"No trained autoencoder in {vae_dir}; run train-autoencoder or "
                           "pass --vae.")
-    text_source = None
+    pack_dir = None
     if is_pack(args.data):
         check_pack_vae(args.data, vae_dir)
         print("encoding the pack's captions ...", flush=True)
-        cache, text_source = load_pack(args.data, args.device), args.data
+        cache, pack_dir = load_pack(args.data, args.device), args.data
     else:
         print("encoding latents and captions (cached in OUT/cache) ...", flush=True)
         cache = cached_or_built(args.out / "cache", args.data, load_dataset(args.data), vae_dir,
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     def export() -> None:
         export_model_folder(trainer.ema, vae_dir, args.out / "model",
-                            {"teacher_steps": trainer.step, "batch": config.batch}, text_source)
+                            {"teacher_steps": trainer.step, "batch": config.batch}, pack_dir)
 
     if args.export_only:
         export()

@@ -16,8 +16,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, export_help: str) -> None
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: default; use 1 while other jobs share the CPU)")
     parser.add_argument("--max-minutes", type=float, default=0,
-                        help="stop after this many minutes as Ctrl-C would (checkpoint, then "
-                             "exit 0); 0: no limit")
+                        help="stop after this many minutes of training steps as Ctrl-C would "
+                             "(checkpoint, then exit 0); 0: no limit")
 
 
 def prepare_run(args: argparse.Namespace) -> list[Path]:

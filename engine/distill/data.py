@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from engine.api import EngineError
-from engine.embedded.pack import is_pack, pack_captions
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 EMBEDDED_DATA_DIR = REPO_DIR / "data" / "emoji"
@@ -75,6 +74,8 @@ def default_prompts(teacher: str, prompts_file: str | None,
                     real_data: str | None = None) -> list[str]:
     """--prompts FILE, else the training captions of a latent pack given as --real-data, else
     the emoji captions for the embedded teacher, else a generic list."""
+    from engine.embedded.pack import is_pack, pack_captions
+
     if prompts_file:
         return read_prompts_file(Path(prompts_file))
     if is_pack(real_data):
@@ -181,6 +182,8 @@ def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def has_sketches(folder: Path) -> bool:
     """Whether a real-data folder carries sketches (cheap: no image is read)."""
+    from engine.embedded.pack import is_pack
+
     folder = Path(folder)
     if is_pack(folder):
         return True

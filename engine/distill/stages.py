@@ -235,7 +235,7 @@ def sample_grid(trainer: DistillTrainer, prompts: list[str], path: Path) -> None
 
     images = grid_rows(trainer, prompts, sample)
     if trainer.accelerator.is_main_process:
-        save_grid(images, path)
+        save_grid(images, path, columns=len(prompts))
 
 
 @torch.no_grad()
@@ -253,7 +253,7 @@ def teacher_grid(trainer: DistillTrainer, path: Path, ddim_steps: int = 25) -> N
         return ddim_sample(x0_fn, x_start, timesteps, trainer.schedule)
 
     prompts = sample_prompts(trainer.prompts, trainer.config.sample_count)
-    save_grid(grid_rows(trainer, prompts, sample), path)
+    save_grid(grid_rows(trainer, prompts, sample), path, columns=len(prompts))
 
 
 def export_student_folder(trainer: DistillTrainer, student_json: dict) -> None:

@@ -175,7 +175,8 @@ class AutoencoderTrainer:
         teachers were trained on stays; a decoder of the same width starts from source's."""
         self.ae.encoder.load_state_dict(source.encoder.state_dict())
         self.ae.encoder.requires_grad_(False)
-        if source.config.decoder_block_out_channels == self.ae.config.decoder_block_out_channels:
+        if (list(source.config.decoder_block_out_channels)
+                == list(self.ae.config.decoder_block_out_channels)):
             self.ae.decoder.load_state_dict(source.decoder.state_dict())
         self.fixed_scale = float(source.config.scaling_factor)
 

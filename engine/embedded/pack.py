@@ -24,7 +24,9 @@ from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.latents import TEXT_MAX_LENGTH, LatentCache, encode_captions
 
 PACK_KIND = "dmd-studio-latent-pack"
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: probe images for the encoder check
+PROBE_IMAGES = 2  # images kept in the pack to check an autoencoder's encoder against
+PROBE_TOLERANCE = 0.05  # max |latent difference| (unit-variance latents, fp16 storage)
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -54,18 +56,18 @@ def write_pruned_text_encoder(text_encoder, texts: list[str], folder: Path) -> i
     tokenizer, model = text_encoder.tokenizer, text_encoder.model
     if not hasattr(model, "embeddings") or not hasattr(tokenizer, "vocab"):
         raise EngineError("Only a BERT-family (WordPiece) text encoder can be pruned into a pack.")
-    keep = used_token_ids(text_encoder, texts)
+    kept_ids = used_token_ids(text_encoder, texts)
     pruned = copy.deepcopy(model).to("cpu", torch.float32)
-    table = pruned.get_input_embeddings().weight.detach()[torch.tensor(keep)].clone()
-    pad_id = keep.index(tokenizer.pad_token_id)
+    table = pruned.get_input_embeddings().weight.detach()[torch.tensor(kept_ids)].clone()
+    pad_id = kept_ids.index(tokenizer.pad_token_id)
     pruned.set_input_embeddings(torch.nn.Embedding.from_pretrained(table, freeze=False,
                                                                    padding_idx=pad_id))
-    pruned.config.vocab_size = len(keep)
+    pruned.config.vocab_size = len(kept_ids)
     pruned.config.pad_token_id = pad_id
     pruned.half().save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
     tokenizer_dir = folder / "tokenizer"
     tokenizer_dir.mkdir(parents=True)
-    pieces = tokenizer.convert_ids_to_tokens(keep)
+    pieces = tokenizer.convert_ids_to_tokens(kept_ids)
     (tokenizer_dir / "vocab.txt").write_text("\n".join(pieces) + "\n", encoding="utf-8")
     source = Path(tokenizer.name_or_path)
     for name in TOKENIZER_FILES:
@@ -75,14 +77,34 @@ def write_pruned_text_encoder(text_encoder, texts: list[str], folder: Path) -> i
         (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": type(tokenizer).__name__.removesuffix("Fast"),
              "do_lower_case": bool(getattr(tokenizer, "do_lower_case", True))}))
-    return len(keep)
+    check_pruned_tokenizer(text_encoder, texts, tokenizer_dir, kept_ids)
+    return len(kept_ids)
 
 
-def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict) -> dict:
-    """Write cache (latents, flags, captions) and a pruned text encoder as a pack folder."""
+def check_pruned_tokenizer(text_encoder, texts: list[str], tokenizer_dir: Path,
+                           kept_ids: list[int]) -> None:
+    """An error unless the pruned tokenizer gives every text the full one's ids (remapped):
+    a word that is [UNK] in full may split into kept pieces once longer ones are gone."""
+    from transformers import AutoTokenizer
+
+    pruned = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    remap = torch.tensor(kept_ids)
+    full = text_encoder.tokenize(texts)["input_ids"]
+    ids = pruned(texts, padding="max_length", max_length=full.shape[1], truncation=True,
+                 return_tensors="pt")["input_ids"]
+    if ids.shape != full.shape or not torch.equal(remap[ids], full):
+        raise EngineError("The pruned vocabulary tokenises some captions differently from "
+                          "the full one; this dataset cannot be packed.")
+
+
+def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict,
+               probe_images: torch.Tensor) -> dict:
+    """Write cache (latents, flags, captions), a pruned text encoder and the first images
+    (uint8 NHWC, whose latents check a --vae later) as a pack folder."""
     tensors = {"latents": cache.latents.half().contiguous(),
                "sketch_latents": cache.sketch_latents.half().contiguous(),
-               "heldout": cache.heldout.contiguous(), "variant": cache.variant.contiguous()}
+               "heldout": cache.heldout.contiguous(), "variant": cache.variant.contiguous(),
+               "probe_images": probe_images[:PROBE_IMAGES].contiguous()}
     manifest = {"kind": PACK_KIND, "version": PACK_VERSION, "count": len(cache),
                 "text_max_length": text_encoder.max_length, **meta}
 
@@ -101,14 +123,25 @@ def pack_manifest(folder: Path) -> dict:
     if not is_pack(folder):
         raise EngineError(f"{folder} is not a latent pack (no manifest.json of kind "
                           f"{PACK_KIND!r}); make one with `python -m engine data pack`.")
-    return json.loads((Path(folder) / "manifest.json").read_text())
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    if manifest.get("version") != PACK_VERSION:
+        raise EngineError(f"The latent pack {folder} was made by another version of `data "
+                          "pack`; make it again.")
+    return manifest
 
 
 def check_pack_vae(folder: Path, vae_dir: Path) -> None:
-    """An error unless the pack's latents were made by the autoencoder in vae_dir."""
-    from engine.embedded.latents import folder_digest
+    """An error unless vae_dir's encoder gives the pack's latents (its probe images encoded
+    again match): any copy or precision of the same encoder passes, whatever its decoder."""
+    from engine.embedded.autoencoder import encode_images, load_autoencoder
 
-    if pack_manifest(folder).get("vae_digest") != folder_digest(vae_dir):
+    pack_manifest(folder)
+    tensors = load_file(str(Path(folder) / "latents.safetensors"))
+    probes = tensors["probe_images"]
+    ae = load_autoencoder(vae_dir)
+    latents = encode_images(ae, probes) * float(ae.config.scaling_factor)
+    stored = tensors["latents"][:len(probes)].float()
+    if latents.shape != stored.shape or (latents - stored).abs().max() > PROBE_TOLERANCE:
         raise EngineError(f"The latent pack {folder} was encoded with another autoencoder than "
                           f"{vae_dir}; pass the --vae it was made with or remake the pack.")
 
@@ -127,16 +160,19 @@ def pack_captions(folder: Path, split: str = "train") -> list[str]:
     if split == "all":
         return captions
     heldout = load_file(str(Path(folder) / "latents.safetensors"))["heldout"].tolist()
-    return [c for c, held in zip(captions, heldout, strict=True) if held == (split == "heldout")]
+    chosen = [c for c, held in zip(captions, heldout, strict=True) if held == (split == "heldout")]
+    if not chosen:
+        raise EngineError(f"The latent pack {folder} has no {split} images.")
+    return chosen
 
 
 def load_pack_latents(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(latents, sketch latents, captions) of the training split, float32, for distillation."""
     pack_manifest(folder)
     tensors = load_file(str(Path(folder) / "latents.safetensors"))
-    keep = ~tensors["heldout"].bool()
-    return (tensors["latents"][keep].float(), tensors["sketch_latents"][keep].float(),
-            pack_captions(folder))
+    train = ~tensors["heldout"].bool()
+    captions = pack_captions(folder)
+    return tensors["latents"][train].float(), tensors["sketch_latents"][train].float(), captions
 
 
 def load_pack(folder: Path, device: str = "cpu") -> LatentCache:

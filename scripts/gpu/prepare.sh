@@ -4,7 +4,8 @@
 # Then call the device tool with: command "bash scripts/gpu/session.sh", carry [".gpu", ".whl"].
 set -euo pipefail
 [ -f data/emoji/manifest.json ] || python -m engine data emoji --out data/emoji
-[ -f .gpu/pack/manifest.json ] || python -m engine data pack --data data/emoji --out .gpu/pack
+python -c "from engine.embedded.pack import pack_manifest; pack_manifest('.gpu/pack')" \
+    2>/dev/null || python -m engine data pack --data data/emoji --out .gpu/pack
 mkdir -p .whl
 version() { python -c "import importlib.metadata as m; print(m.version('$1'))"; }
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

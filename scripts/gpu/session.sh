@@ -16,6 +16,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import diffusers" 2>/dev/null; the
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+rm -rf runs/gpu-teacher runs/gpu-student runs/gpu-logs  # a warm machine keeps runs/
 LOGS=runs/gpu-logs; mkdir -p "$LOGS"
 finish() {  # on any exit: logs, samples, metrics and configs in one archive (<= 8 files back)
     tar czf "$OUT/results.tar.gz" -C runs --ignore-failed-read gpu-logs gpu-teacher/samples \
@@ -42,7 +43,9 @@ $PY -m engine train-teacher --data .gpu/pack --vae assets/models/teacher/vae \
     --dedupe-steps 1500 \
     --max-minutes "$TEACHER_MIN" --save-every 100000 --sample-every 1000 \
     --export-every 100000 2>&1 | quiet > "$LOGS/teacher.log"
-[ -f runs/gpu-teacher/model/unet/config.json ] || { tail -20 "$LOGS/teacher.log"; exit 1; }
+status=${PIPESTATUS[0]}
+[ "$status" = 0 ] && [ -f runs/gpu-teacher/model/unet/config.json ] || {
+    echo "train-teacher exited $status"; tail -20 "$LOGS/teacher.log"; exit 1; }
 ship runs/gpu-teacher/model/unet teacher
 $PY -m engine distill --teacher runs/gpu-teacher/model --out runs/gpu-student \
     --real-data .gpu/pack --device "$DEVICE" --batch "$DISTILL_BATCH" --lr "$DISTILL_LR" \

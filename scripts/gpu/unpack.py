@@ -31,6 +31,10 @@ def joined_weights(files_at: Path, name: str, target: Path) -> bool:
     with open(temp, "wb") as out:
         for part in parts:
             out.write(decompressor.decompress(part.read_bytes()))
+    if not decompressor.eof:
+        temp.unlink()
+        raise SystemExit(f"{name}-unet.xz.part*: the parts end before the xz stream does "
+                         "(a part did not come back).")
     temp.replace(target)
     return True
 

@@ -189,6 +189,6 @@ def test_sample_grids_add_a_sketch_row_when_the_run_has_sketches(
         return (Image.open(out / "samples" / "step-1.png").height,
                 Image.open(out / "samples" / "teacher.png").height)
 
-    # 8 fixed prompts in rows of 4 at 32 px with a 2-px gutter: 2 rows, or 4 with sketches
-    assert grid_heights(tmp_path / "sketched") == (4 * 34 - 2, 4 * 34 - 2)
-    assert grid_heights(tmp_path / "text", sketch_fraction=0.0) == (2 * 34 - 2, 2 * 34 - 2)
+    # 8 fixed prompts in one row at 32 px (2-px gutter), plus a row of 8 (caption, sketch)
+    assert grid_heights(tmp_path / "sketched") == (2 * 34 - 2, 2 * 34 - 2)
+    assert grid_heights(tmp_path / "text", sketch_fraction=0.0) == (32, 32)

@@ -94,6 +94,7 @@ def test_autoencoder_step_checkpoint_and_exact_resume(tmp_path):
 def test_decoder_only_training_keeps_the_encoder_and_its_scale(tmp_path):
     data = fake_dataset()
     source = AutoencoderTrainer(data, channels=8, total_steps=10, batch=4, crop=16)
+    source.train_step()  # so that its weights differ from a fresh seed-0 model's
     source.export(tmp_path / "source", torch.from_numpy(data.images))
     source_scale = json.loads((tmp_path / "source" / "config.json").read_text())["scaling_factor"]
     slim = AutoencoderTrainer(data, total_steps=10, batch=4, crop=16, decoder_channels=4,
