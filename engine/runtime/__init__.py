@@ -10,6 +10,28 @@ PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cud
                     "TensorrtExecutionProvider": "tensorrt"}
 
 
+_torch_threads_before_onnx: list[int] = []  # torch's count before an onnx backend lowered it
+
+
+def lower_torch_threads_for_onnx() -> None:
+    """One torch thread for the onnx generator's glue ops (tensors of a few k elements stall
+    for milliseconds in an OpenMP pool whenever another process holds a core)."""
+    import torch
+
+    if torch.get_num_threads() > 1:
+        _torch_threads_before_onnx.append(torch.get_num_threads())
+        torch.set_num_threads(1)
+
+
+def restore_torch_threads() -> None:
+    """Give torch back the threads an onnx backend took, for a torch backend loaded after it."""
+    import torch
+
+    if _torch_threads_before_onnx and torch.get_num_threads() == 1:
+        torch.set_num_threads(_torch_threads_before_onnx[0])
+    _torch_threads_before_onnx.clear()
+
+
 def requested_device(backend) -> str:
     """The create_backend device that loads another model where this backend runs."""
     device = str(backend.device)
@@ -21,6 +43,7 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto"):
     if backend == "torch":
         from engine.runtime.torch_backend import TorchBackend
 
+        restore_torch_threads()
         return TorchBackend.load(model, device)
     if backend == "onnx":
         try:

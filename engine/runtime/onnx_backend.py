@@ -18,6 +18,7 @@ import torch
 from engine.api import EngineError, ModelLoadError
 from engine.pipeline.schedule import NoiseSchedule
 from engine.pipeline.text import TextEmbedding, resolve_package_model_path
+from engine.runtime import lower_torch_threads_for_onnx
 from engine.runtime.onnx_export import export_model, resolve_export
 
 log = logging.getLogger("engine.runtime.onnx")
@@ -113,10 +114,7 @@ class OnnxBackend:
             for part, entry in manifest["files"].items()
         }
         self.device = self.sessions["unet"].get_providers()[0]
-        if torch.get_num_threads() > 1:
-            # The generator's torch glue ops work on tiny tensors; with an OpenMP pool they
-            # stall for milliseconds per op whenever another process holds a core.
-            torch.set_num_threads(1)
+        lower_torch_threads_for_onnx()
         log.info("onnx backend: %s, %d intra-op threads, %s graphs from %s", self.device,
                  threads, manifest["dtype"], folder)
 

@@ -211,3 +211,17 @@ def test_service_close_joins_while_running(generator, no_thread_leak):
     service.close(timeout=10)
     assert not service.is_alive() and results == []
     assert MANIFEST == "manifest.json"
+
+
+def test_a_torch_backend_after_an_onnx_one_gets_its_threads_back(student_copy, backends):
+    from engine.runtime import create_backend
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        create_backend(str(student_copy), "onnx", "cpu")
+        assert torch.get_num_threads() == 1  # the onnx generator's glue runs on one thread
+        create_backend(str(student_copy), "torch", "cpu")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
