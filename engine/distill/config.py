@@ -69,6 +69,8 @@ class DistillConfig:
             self.critic_ratio = 1 if self.method == "dmd" else 2
         if self.regression_batch is None:
             self.regression_batch = max(1, self.batch // 4)
+        # Saved clamped, so that raising --steps on --resume does not restart the warm-up.
+        self.warmup_steps = self.effective_warmup
         self.validate()
         return self
 

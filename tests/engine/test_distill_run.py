@@ -224,3 +224,11 @@ def test_a_time_limit_stops_like_sigterm_with_a_checkpoint(tiny_model_dir, tmp_p
     assert done["event"] == "done" and done["stopped"] is True and done["step"] == step
     assert latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == step
     assert (tmp_path / "run" / "student" / "student.json").is_file()
+
+
+def test_raising_steps_on_resume_keeps_the_clamped_warmup():
+    started = DistillConfig(steps=100, warmup_steps=500).resolve()
+    assert started.warmup_steps == started.effective_warmup == 100
+    saved = DistillConfig.from_dict(started.to_dict())
+    resumed = DistillConfig(steps=2000).merged_for_resume(saved, {"steps"}).resolve()
+    assert resumed.steps == 2000 and resumed.effective_warmup == 100
