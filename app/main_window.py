@@ -131,7 +131,9 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="main.py", description=f"{APP_NAME}: live one-step generation.")
     parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), help="runtime (default: torch)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"),
+                        help="runtime (default: auto, ONNX Runtime on a CPU for small models "
+                             "such as the embedded one, else PyTorch)")
     parser.add_argument("--screenshot", metavar="FILE",
                         help="save a PNG of the window after the first frame, then exit")
     parser.add_argument("--prompt", default=None, help="prompt to type at start")

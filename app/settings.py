@@ -43,7 +43,7 @@ class AppSettings:
 
     model_source: str = "embedded"  # "embedded", "folder" or "hub"
     model: str = ""  # folder path or hub id ("" with model_source=embedded)
-    backend: str = "torch"  # "torch" or "onnx"
+    backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch" or "onnx"
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     brush_colour: str = "#000000"
     teacher_steps: int = 20  # Compare: DDIM steps for the teacher

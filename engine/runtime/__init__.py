@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from engine.api import EngineError
 
 BACKENDS = ("torch", "onnx")
+# "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
+# its export takes seconds and its frames are ~2x faster than eager torch there
+# (docs/benchmarks.md); bigger models would spend minutes and gigabytes exporting first.
+AUTO_ONNX_MAX_UNET_BYTES = 400 * 2**20
 # OnnxBackend.device names the provider in use; create_backend takes the device it came from.
 PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
                     "TensorrtExecutionProvider": "tensorrt"}
@@ -38,8 +45,27 @@ def requested_device(backend) -> str:
     return PROVIDER_DEVICES.get(device, device)
 
 
+def choose_backend(model: str, device: str = "auto") -> str:
+    """What "auto" means for this model and device: onnx on a CPU for a small model (or an
+    onnx export folder), torch on CUDA or for a big model."""
+    from engine.pipeline.loading import resolve_model_dir
+    from engine.runtime.torch_backend import pick_device
+
+    if pick_device(device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+        return "torch"
+    folder = resolve_model_dir(model)
+    if (folder / "manifest.json").is_file() and not (folder / "unet").is_dir():
+        return "onnx"
+    weights = [path for path in Path(folder, "unet").glob("*") if path.suffix in
+               (".safetensors", ".bin")]
+    size = sum(path.stat().st_size for path in weights)
+    return "onnx" if 0 < size <= AUTO_ONNX_MAX_UNET_BYTES else "torch"
+
+
 def create_backend(model: str, backend: str = "torch", device: str = "auto"):
-    """Load a model folder into the named backend."""
+    """Load a model folder into the named backend ("auto": see choose_backend)."""
+    if backend == "auto":
+        backend = choose_backend(model, device)
     if backend == "torch":
         from engine.runtime.torch_backend import TorchBackend
 
@@ -51,4 +77,4 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto"):
         except ModuleNotFoundError as error:
             raise EngineError("The ONNX Runtime backend is not available in this build.") from error
         return OnnxBackend.load(model, device)
-    raise EngineError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")

@@ -46,7 +46,8 @@ def test_progress_lines_are_parsed_and_log_lines_are_not():
 def test_onnx_backend_is_greyed_out_with_a_reason_when_absent(qtbot, make_window):
     window = make_window()
     combo = window.engine_tab.model_panel.backend_combo
-    item = combo.model().item(1)
+    assert combo.currentData() == "auto"  # the default
+    item = combo.model().item(combo.findData("onnx"))
     if importlib.util.find_spec("engine.runtime.onnx_backend") is None:
         assert not item.isEnabled() and "not available" in item.toolTip()
     else:

@@ -66,8 +66,8 @@ def test_a_real_tiny_sketch_model_answers_a_stroke(qtbot, make_window, tiny_sket
         assert np.array_equal(request.sketch, canvas.sketch_on_white())
 
     qtbot.waitUntil(sketch_frame_arrived, timeout=60_000)
-    assert tab.last_result.ok and tab.last_result.backend == "torch"
-    assert "torch/cpu" in tab.meter.text()
+    assert tab.last_result.ok and tab.last_result.backend == "onnx"  # auto: a small model
+    assert "onnx/CPUExecutionProvider" in tab.meter.text()
 
 
 def test_no_display_is_a_one_line_error_and_exit_2():

@@ -225,3 +225,16 @@ def test_a_torch_backend_after_an_onnx_one_gets_its_threads_back(student_copy, b
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_backend_is_onnx_on_a_cpu_for_small_models_only(student_copy, monkeypatch,
+                                                             tmp_path):
+    import engine.runtime as runtime
+
+    assert runtime.choose_backend(str(student_copy), "cpu") == "onnx"
+    assert runtime.choose_backend(str(student_copy / "onnx"), "cpu") == "onnx"  # an export
+    (tmp_path / "empty").mkdir()
+    assert runtime.choose_backend(str(tmp_path / "empty"), "cpu") == "torch"  # torch explains
+    monkeypatch.setattr(runtime, "AUTO_ONNX_MAX_UNET_BYTES", 1)
+    assert runtime.choose_backend(str(student_copy), "cpu") == "torch"
+    assert runtime.create_backend(str(student_copy), "auto", "cpu").name == "torch"
