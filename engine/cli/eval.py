@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from engine.api import EngineError
+from engine.pipeline.loading import ASSETS_DIR
 
 
 def add_parser(subparsers) -> None:
@@ -20,8 +21,9 @@ def add_parser(subparsers) -> None:
                         help="N > 0: the teacher's N-step DDIM sampler with CFG")
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (teacher)")
     parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="dataset folder")
-    parser.add_argument("--evaluator", type=Path, default=Path("runs/evaluator"),
-                        help="evaluator folder (train-evaluator)")
+    parser.add_argument("--evaluator", type=Path, default=ASSETS_DIR / "evaluator",
+                        help="evaluator folder (default: the shipped one in "
+                             "assets/models/evaluator; train-evaluator makes others)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.api import EngineError
@@ -130,17 +131,22 @@ def pack_manifest(folder: Path) -> dict:
     return manifest
 
 
+def pack_tensor(folder: Path, name: str) -> torch.Tensor:
+    """One tensor of the pack, read alone (the file holds all latents)."""
+    with safe_open(str(Path(folder) / "latents.safetensors"), framework="pt") as tensors:
+        return tensors.get_tensor(name)
+
+
 def check_pack_vae(folder: Path, vae_dir: Path) -> None:
     """An error unless vae_dir's encoder gives the pack's latents (its probe images encoded
     again match): any copy or precision of the same encoder passes, whatever its decoder."""
     from engine.embedded.autoencoder import encode_images, load_autoencoder
 
     pack_manifest(folder)
-    tensors = load_file(str(Path(folder) / "latents.safetensors"))
-    probes = tensors["probe_images"]
+    probes = pack_tensor(folder, "probe_images")
     ae = load_autoencoder(vae_dir)
     latents = encode_images(ae, probes) * float(ae.config.scaling_factor)
-    stored = tensors["latents"][:len(probes)].float()
+    stored = pack_tensor(folder, "latents")[:len(probes)].float()
     if latents.shape != stored.shape or (latents - stored).abs().max() > PROBE_TOLERANCE:
         raise EngineError(f"The latent pack {folder} was encoded with another autoencoder than "
                           f"{vae_dir}; pass the --vae it was made with or remake the pack.")
@@ -159,7 +165,7 @@ def pack_captions(folder: Path, split: str = "train") -> list[str]:
     captions = json.loads((Path(folder) / "captions.json").read_text(encoding="utf-8"))
     if split == "all":
         return captions
-    heldout = load_file(str(Path(folder) / "latents.safetensors"))["heldout"].tolist()
+    heldout = pack_tensor(folder, "heldout").tolist()
     chosen = [c for c, held in zip(captions, heldout, strict=True) if held == (split == "heldout")]
     if not chosen:
         raise EngineError(f"The latent pack {folder} has no {split} images.")
