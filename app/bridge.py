@@ -50,6 +50,7 @@ class LiveEngine(QObject):
         self._closed = False
         self.description = ""
         self.is_student = True
+        self.default_steps = 1
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
 
     # -- model -------------------------------------------------------------------------------
@@ -76,6 +77,8 @@ class LiveEngine(QObject):
         self.description = description
         # A teacher (no student.json) makes noise in one step; the live tab says so.
         self.is_student = bool(getattr(generator, "is_student", True))
+        # The step count the student was distilled for; the live tab starts there.
+        self.default_steps = int(getattr(generator, "default_steps", 1))
         self.generator_changed.emit(description)
 
     # -- requests ----------------------------------------------------------------------------

@@ -287,6 +287,11 @@ class LiveTab(QWidget):
 
     def _on_generator_changed(self, description: str) -> None:
         self.show_model_missing(False)
+        index = self.steps_combo.findData(self.engine.default_steps)
+        if index >= 0:
+            self.steps_combo.blockSignals(True)  # one frame for the new model, below
+            self.steps_combo.setCurrentIndex(index)
+            self.steps_combo.blockSignals(False)
         if self.engine.is_student:
             self.status_message.emit(f"Model ready: {description}")
         else:

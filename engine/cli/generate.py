@@ -27,8 +27,9 @@ def add_parser(subparsers) -> None:
     prompt.add_argument("--prompt", help="the text prompt (may be empty: unconditional)")
     prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line (batch)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
-                        help="student steps (default 1)")
+    parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
+                        help="student steps (default: the count the student was distilled "
+                             "for, its student.json timesteps; 1 for a one-step student)")
     parser.add_argument("--teacher-steps", type=int, default=0, metavar="N",
                         help="use the N-step DDIM teacher sampler with CFG instead of the student")
     parser.add_argument("--guidance", type=float, default=4.0,
@@ -92,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     sketch = read_image(args.sketch, "sketch")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
     generator = load_cli_generator(args)
+    steps = args.steps or generator.default_steps
 
     def request_for(prompt: str) -> GenerateRequest:
-        return GenerateRequest(prompt=prompt, seed=args.seed, steps=args.steps,
+        return GenerateRequest(prompt=prompt, seed=args.seed, steps=steps,
                                init_image=init_image, strength=args.strength, sketch=sketch,
                                teacher_steps=args.teacher_steps, guidance=args.guidance)
 

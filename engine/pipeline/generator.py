@@ -103,6 +103,12 @@ class Generator:
         self._teacher: Generator | None = None
 
     @property
+    def default_steps(self) -> int:
+        """The step count the student was distilled for (student.json "timesteps"): the
+        count a caller that does not choose should use."""
+        return len(self.default_timesteps)
+
+    @property
     def is_student(self) -> bool:
         return bool(self.backend.student_config)
 

@@ -193,3 +193,16 @@ def test_a_teacher_model_is_named_as_such_in_the_status_bar(make_window, qtbot):
     window.live_tab.engine.set_generator(student, "student")
     qtbot.waitUntil(lambda: window.statusBar().currentMessage() == "Model ready: student",
                     timeout=10_000)
+
+
+def test_the_steps_box_starts_at_the_steps_the_loaded_student_was_distilled_for(make_window,
+                                                                                 qtbot):
+    four_step = FakeGenerator()
+    four_step.default_steps = 4
+    window = make_window(generator=four_step)
+    tab = window.live_tab
+    wait_for_frame(qtbot, window, lambda request: request.steps == 4)
+    assert tab.steps_combo.currentData() == 4
+    window.live_tab.engine.set_generator(FakeGenerator(), "one-step")  # no default_steps: 1
+    wait_for_frame(qtbot, window, lambda request: request.steps == 1)
+    assert tab.steps_combo.currentData() == 1

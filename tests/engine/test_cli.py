@@ -125,3 +125,18 @@ def test_an_unwritable_out_exits_2_with_one_line(tiny_model_dir, tmp_path, capsy
                             "--out", tmp_path / "taken.png")
     assert_clean_error(result, "Could not write")
     assert [p.name for p in tmp_path.iterdir()] == ["taken.png"]  # no temporary file left
+
+
+def test_generate_without_steps_uses_the_steps_the_student_was_distilled_for(tmp_path, capsys):
+    from engine.pipeline.tiny import build_tiny_pipeline
+
+    four_step = build_tiny_pipeline(tmp_path / "student",
+                                    student_timesteps=[999, 749, 499, 249], seed=2)
+    outputs = {}
+    for name, extra in (("default", []), ("one", ["--steps", "1"]), ("four", ["--steps", "4"])):
+        result = run_in_process(capsys, "generate", "--model", four_step, "--prompt", "cat",
+                                "--out", tmp_path / f"{name}.png", *extra)
+        assert result.returncode == 0, result.stderr
+        outputs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outputs["default"], outputs["four"])
+    assert not np.array_equal(outputs["default"], outputs["one"])

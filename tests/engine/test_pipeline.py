@@ -112,6 +112,7 @@ def test_student_json_sets_timesteps(tiny_student_dir):
     generator = Generator(TorchBackend.load(str(tiny_student_dir), "cpu"))
     assert generator.is_student and generator.default_timesteps == [999]
     assert generator.timesteps_for(4) == [999, 749, 499, 249]
+    assert generator.default_steps == 1
 
 
 def test_empty_prompt_allowed_and_long_prompt_truncated(generator):
