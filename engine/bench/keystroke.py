@@ -12,8 +12,9 @@ PROMPT = "a red apple on a wooden table at sunrise"  # 40 characters, one per ke
 
 
 def type_prompt(generator, prompt: str = PROMPT, rate: float | None = 20.0,
-                timeout: float = 60.0) -> dict:
-    """Submit every prefix of prompt (rate keystrokes/s, None: as fast as possible).
+                timeout: float = 60.0, steps: int = 1) -> dict:
+    """Submit every prefix of prompt (rate keystrokes/s, None: as fast as possible), each
+    a request for a frame of `steps` student steps.
 
     Returns the latency (ms) of each delivered frame, measured from the keystroke that
     produced that frame's request to its delivery, plus delivery counts.
@@ -45,7 +46,8 @@ def type_prompt(generator, prompt: str = PROMPT, rate: float | None = 20.0,
                 if delay > 0:
                     time.sleep(delay)
             pressed = time.perf_counter()
-            request_id = service.submit(GenerateRequest(prompt=prompt[:index], seed=0))
+            request_id = service.submit(GenerateRequest(prompt=prompt[:index], seed=0,
+                                                             steps=steps))
             submitted[request_id] = pressed
         deadline = time.perf_counter() + timeout
         while request_id not in seen:
@@ -64,12 +66,12 @@ def type_prompt(generator, prompt: str = PROMPT, rate: float | None = 20.0,
             "latencies_ms": latencies, "seconds": elapsed}
 
 
-def keystroke_stats(generator, sessions: int, rate: float | None) -> dict:
+def keystroke_stats(generator, sessions: int, rate: float | None, steps: int = 1) -> dict:
     """Pool several typing sessions: p50/p95 latency, frames delivered, stale requests dropped."""
     latencies: list[float] = []
     totals = {"keystrokes": 0, "frames_delivered": 0, "requests_dropped": 0, "seconds": 0.0}
     for _ in range(max(1, sessions)):
-        session = type_prompt(generator, rate=rate)
+        session = type_prompt(generator, rate=rate, steps=steps)
         latencies += session["latencies_ms"]
         for key in totals:
             totals[key] += session[key]

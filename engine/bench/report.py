@@ -14,6 +14,7 @@ ROWS = (
     ("teacher 50 DDIM + CFG (ms)", "teacher_ms", "{:.0f}"),
     ("speedup 1 step vs teacher", "speedup_vs_teacher", "{:.1f}x"),
     ("speedup 4 steps vs teacher", "speedup_4step_vs_teacher", "{:.1f}x"),
+    ("student steps per typed frame", "keystroke_steps", "{}"),
     ("keystroke p50 at 20 keys/s (ms)", "keystroke_p50_ms", "{:.1f}"),
     ("keystroke p95 at 20 keys/s (ms)", "keystroke_p95_ms", "{:.1f}"),
     ("keystroke p50, burst typing (ms)", "keystroke_burst_p50_ms", "{:.1f}"),

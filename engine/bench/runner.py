@@ -33,8 +33,9 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
 
 
 def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repeats: int = 10,
-                  threads: int | None = None, label: str = "") -> dict:
-    """Every figure of docs/benchmarks.md for one backend, as one flat JSON-ready dict."""
+                  threads: int | None = None, label: str = "", steps: int | None = None) -> dict:
+    """Every figure of docs/benchmarks.md for one backend, as one flat JSON-ready dict; the
+    typed frames use `steps` student steps (None: the count the student was distilled for)."""
     from engine.bench.stages import TeacherView
     from engine.pipeline.generator import Generator
 
@@ -62,9 +63,11 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
     result.update(stage_ms(runtime, repeats))
     result.update(student_vs_teacher(generator, teacher_generator, repeats, sessions))
     result["teacher_label"] = teacher_label
-    paced = keystroke_stats(generator, sessions, KEYSTROKE_RATE)
-    burst = keystroke_stats(generator, sessions, None)
+    steps = steps or generator.default_steps
+    paced = keystroke_stats(generator, sessions, KEYSTROKE_RATE, steps)
+    burst = keystroke_stats(generator, sessions, None, steps)
     result.update({
+        "keystroke_steps": steps,
         "keystroke_p50_ms": paced["p50_ms"], "keystroke_p95_ms": paced["p95_ms"],
         "keystroke_burst_p50_ms": burst["p50_ms"], "keystroke_burst_p95_ms": burst["p95_ms"],
         "keystroke": {"prompt_chars": len(PROMPT), "paced": paced, "burst": burst},
@@ -75,7 +78,7 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
 
 
 def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
-                        threads: int | None, label: str) -> dict:
+                        threads: int | None, label: str, steps: int | None) -> dict:
     """One backend in a fresh interpreter, so that peak_rss_mb is that backend's alone."""
     command = [sys.executable, "-m", "engine", "bench", "--model", model, "--backend", backend,
                "--device", device, "--repeats", str(repeats), "--json"]
@@ -83,6 +86,8 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
         command += ["--threads", str(threads)]
     if label:
         command += ["--label", label]
+    if steps:
+        command += ["--steps", str(steps)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         lines = (completed.stderr.strip() or "no output").splitlines()
@@ -92,12 +97,12 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
 
 
 def bench(model: str, backends: list[str], device: str = "auto", repeats: int = 10,
-          threads: int | None = None, label: str = "") -> dict:
+          threads: int | None = None, label: str = "", steps: int | None = None) -> dict:
     """The report: the fastest backend's keys at the top level, every backend under results."""
     if len(backends) == 1:
-        results = [bench_backend(model, backends[0], device, repeats, threads, label)]
+        results = [bench_backend(model, backends[0], device, repeats, threads, label, steps)]
     else:
-        results = [bench_in_subprocess(model, name, device, repeats, threads, label)
+        results = [bench_in_subprocess(model, name, device, repeats, threads, label, steps)
                    for name in backends]
     best = min(results, key=lambda item: item["keystroke_p50_ms"])
     summary = {key: value for key, value in best.items() if key != "keystroke"}

@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
                         help="intra-op threads (torch.set_num_threads / onnxruntime)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--label", default="", help="free text stored with the results")
+    parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
+                        help="student steps of the typed frames (default: the count the "
+                             "student was distilled for, as the live tab)")
     parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd"),
                         help="instead of --model: random-weight SD-1.5-shaped frames/s "
                              "(needs CUDA; tiny-sd: a 32-px stand-in for tests)")
@@ -62,6 +65,7 @@ def run(args) -> int:
     if model is None:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
-    report = bench(str(model), backends, args.device, args.repeats, args.threads, args.label)
+    report = bench(str(model), backends, args.device, args.repeats, args.threads, args.label,
+                   args.steps)
     print(json.dumps(report) if args.json else live_report(report))
     return 0

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NUMBER_KEYS = ("threads", "keystroke_p50_ms", "keystroke_p95_ms", "student_ms", "teacher_ms",
                "speedup_vs_teacher", "peak_rss_mb", "text_ms", "unet_ms", "decode_ms",
                "student_4step_ms", "keystroke_burst_p50_ms", "keystroke_burst_p95_ms",
-               "encode_image_ms", "load_s", "image_size", "latent_size")
+               "encode_image_ms", "load_s", "image_size", "latent_size", "keystroke_steps")
 
 
 def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
@@ -67,8 +67,10 @@ class FakeGenerator:
         from engine.pipeline.generator import LruCache
 
         self.backend, self.text_cache = FakeBackend(), LruCache(4)
+        self.steps_seen: set[int] = set()
 
     def generate(self, request):
+        self.steps_seen.add(request.steps)
         time.sleep(0.02)
         return np.zeros((8, 8, 3), np.uint8), StageTimings()
 
@@ -76,10 +78,12 @@ class FakeGenerator:
 def test_keystroke_burst_drops_stale_requests(no_thread_leak):
     from engine.bench.keystroke import keystroke_stats
 
-    stats = keystroke_stats(FakeGenerator(), sessions=1, rate=None)
+    generator = FakeGenerator()
+    stats = keystroke_stats(generator, sessions=1, rate=None, steps=4)
     assert stats["keystrokes"] == 40 and stats["frames_delivered"] >= 1
     assert stats["requests_dropped"] >= 35  # 40 keys at once: nearly all superseded
     assert 20 <= stats["p50_ms"] < 1000
+    assert generator.steps_seen == {4}  # every typed frame asked for the given steps
 
 
 def test_find_teacher_only_takes_local_folders(tiny_model_dir, tmp_path):
