@@ -37,14 +37,13 @@ class LiveEngine(QObject):
     """Owns the GenerationService; submit() on the UI thread, results as signals."""
 
     result_ready = Signal(object, object)  # GenerateResult, its GenerateRequest (UI thread)
-    busy_changed = Signal(bool)  # True while the newest request has no result yet
+    busy_changed = Signal(bool)  # True while the newest request has no final frame yet
     generator_changed = Signal(str)  # a description: "model · backend/device"
     _delivered_on_worker = Signal(object)  # internal: emitted on the worker thread
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self._service: GenerationService | None = None
-        self._requests: dict[int, GenerateRequest] = {}  # submitted, not yet resolved
         self._latest_id = 0
         self._busy = False
         self._closed = False
@@ -88,8 +87,6 @@ class LiveEngine(QObject):
             return None
         request_id = self._service.submit(request)
         self._latest_id = request_id
-        # keep only requests that may still deliver: the newest one wins
-        self._requests = {request_id: request}
         self._set_busy(True)
         return request_id
 
@@ -106,11 +103,10 @@ class LiveEngine(QObject):
     def _on_delivered(self, result: GenerateResult) -> None:
         if self._closed:
             return  # queued before close(); the widgets may be going away
-        request = self._requests.pop(result.request_id, None)
-        if result.request_id >= self._latest_id:
-            self._set_busy(False)
-        if request is not None:
-            self.result_ready.emit(result, request)
+        if result.request_id >= self._latest_id and not result.preview:
+            self._set_busy(False)  # the newest request's final frame (a preview refines)
+        if result.request is not None:
+            self.result_ready.emit(result, result.request)
 
     def close(self) -> None:
         """Stop the worker thread (the running frame finishes first)."""

@@ -107,7 +107,7 @@ class ComparePanel(QGroupBox):
 
     def start(self, request: GenerateRequest) -> None:
         """Begin a compare for this (student) request."""
-        self._pending = dataclasses.replace(request, teacher_steps=0)
+        self._pending = dataclasses.replace(request, teacher_steps=0, preview_steps=0)
         self._student_id = self._teacher_id = None
         self.summary.setText("Rendering the student…")
         self.compare_button.setEnabled(False)

@@ -1,7 +1,8 @@
 """The Live tab: prompt, canvas, mode, seed, steps, meter and compare, all request-driven.
 
 Every input change snapshots the state into a frozen GenerateRequest and submits it; the
-service's single-slot mailbox drops stale ones, so there is no button and no debounce.
+service's single-slot mailbox drops stale ones, so there is no button and no debounce. With
+Preview on, a multi-step frame is shown first at one step and refined when the input pauses.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ MAX_SEED = 2**31 - 1
 def format_meter(result: GenerateResult) -> str:
     """Per-stage milliseconds, frames per second, backend and device, on one line."""
     timings = result.timings
-    stages = [f"text {timings.text_ms:.1f}"]
+    stages = ["preview"] if result.preview else []
+    stages.append(f"text {timings.text_ms:.1f}")
     if timings.encode_ms >= 0.05:
         stages.append(f"encode {timings.encode_ms:.1f}")
     stages += [f"unet {timings.unet_ms:.1f}", f"decode {timings.decode_ms:.1f}"]
@@ -72,6 +74,7 @@ class LiveTab(QWidget):
         self._build_controls()
         self._build_layout()
         self._connect()
+        self._on_steps_changed()
         self.show_model_missing(not engine.has_generator)
 
     # -- construction ------------------------------------------------------------------------
@@ -95,6 +98,10 @@ class LiveTab(QWidget):
         for steps in (1, 2, 4):
             self.steps_combo.addItem(f"{steps} step{'s' if steps > 1 else ''}", steps)
         self.steps_combo.setToolTip("Student steps per frame.")
+        self.preview_box = QCheckBox("Preview")
+        self.preview_box.setChecked(self.settings.preview_while_typing)
+        self.preview_box.setToolTip("With 2 or 4 steps: show a one-step frame at once, then "
+                                    "the full frame when you pause.")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setToolTip("Noise seed; locked, an edit changes the image, not the noise.")
@@ -175,7 +182,8 @@ class LiveTab(QWidget):
     def _build_layout(self) -> None:
         options = QHBoxLayout()
         for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
-                       self.strength_label, self.steps_combo, QLabel("Seed"), self.seed_spin,
+                       self.strength_label, self.steps_combo, self.preview_box,
+                       QLabel("Seed"), self.seed_spin,
                        self.seed_lock, self.randomise_button):
             options.addWidget(widget)
         options.addStretch(1)
@@ -210,6 +218,8 @@ class LiveTab(QWidget):
         self.mode_combo.currentIndexChanged.connect(self.submit_current)
         self.strength_slider.valueChanged.connect(self._on_strength_changed)
         self.steps_combo.currentIndexChanged.connect(self.submit_current)
+        self.steps_combo.currentIndexChanged.connect(self._on_steps_changed)
+        self.preview_box.toggled.connect(self.submit_current)
         self.seed_spin.valueChanged.connect(self.submit_current)
         self.randomise_button.clicked.connect(self.randomise_seed)
         self.canvas.sketch_changed.connect(self._on_sketch_changed)
@@ -241,11 +251,12 @@ class LiveTab(QWidget):
             self.seed_spin.blockSignals(True)
             self.seed_spin.setValue(random.randint(0, MAX_SEED))
             self.seed_spin.blockSignals(False)
-        mode = self.mode
+        mode, steps = self.mode, int(self.steps_combo.currentData())
         return GenerateRequest(
             prompt=self.prompt_edit.text(),
             seed=self.seed_spin.value(),
-            steps=int(self.steps_combo.currentData()),
+            steps=steps,
+            preview_steps=1 if self.preview_box.isChecked() and steps > 1 else 0,
             sketch=self.canvas.sketch_on_white() if mode == "sketch" else None,
             init_image=self.canvas.edit_source() if mode == "edit" else None,
             strength=self.strength_slider.value() / 100 if mode != "text" else 1.0,
@@ -292,6 +303,7 @@ class LiveTab(QWidget):
             self.steps_combo.blockSignals(True)  # one frame for the new model, below
             self.steps_combo.setCurrentIndex(index)
             self.steps_combo.blockSignals(False)
+            self._on_steps_changed()
         if self.engine.is_student:
             self.status_message.emit(f"Model ready: {description}")
         else:
@@ -308,6 +320,9 @@ class LiveTab(QWidget):
         uses_strength = self.mode != "text"
         self.strength_slider.setEnabled(uses_strength)
         self.strength_label.setEnabled(uses_strength)
+
+    def _on_steps_changed(self) -> None:
+        self.preview_box.setEnabled(int(self.steps_combo.currentData()) > 1)
 
     def _on_strength_changed(self, value: int) -> None:
         self.strength_label.setText(f"{value / 100:.2f}")
@@ -390,6 +405,7 @@ class LiveTab(QWidget):
             self.save(what, path if path.lower().endswith(".png") else path + ".png")
 
     def store_settings(self) -> None:
+        self.settings.preview_while_typing = self.preview_box.isChecked()
         self.settings.teacher_steps = self.compare.teacher_steps.value()
         self.settings.teacher_guidance = float(self.compare.guidance.value())
 

@@ -46,6 +46,7 @@ class AppSettings:
     backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch" or "onnx"
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     brush_colour: str = "#000000"
+    preview_while_typing: bool = True  # multi-step frames: a 1-step frame first, then the rest
     teacher_steps: int = 20  # Compare: DDIM steps for the teacher
     teacher_guidance: float = 4.0  # Compare: CFG scale for the teacher
     last_image_folder: str = ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,13 +19,18 @@ class InvalidRequestError(EngineError):
     """A generation request has a bad value (strength, steps, image...)."""
 
 
+class GenerationInterrupted(Exception):  # noqa: N818 - a control signal, not a failure
+    """A newer request arrived while this one was being refined; nothing to deliver."""
+
+
 @dataclass(frozen=True, eq=False)
 class GenerateRequest:
     """Everything that determines one image; made on the UI thread, never mutated.
 
     init_image and sketch are HxWx3 uint8 RGB arrays (any size; resized to the model's).
     teacher_steps > 0 asks for the teacher's DDIM sampler with classifier-free guidance
-    instead of the one-step/few-step student.
+    instead of the one-step/few-step student. preview_steps N (0 < N < steps) asks the live
+    service for an N-step frame first and the full-step frame once the input pauses.
     """
 
     prompt: str
@@ -36,7 +41,16 @@ class GenerateRequest:
     sketch: np.ndarray | None = None  # HxWx3 uint8 line drawing on white
     teacher_steps: int = 0  # 0: student; N > 0: N-step DDIM teacher with CFG
     guidance: float = 4.0  # CFG scale for the teacher sampler
+    preview_steps: int = 0  # live only: 0 off; N < steps: an N-step frame first, then steps
     request_id: int = 0  # set by GenerationService.submit
+
+    def preview(self) -> GenerateRequest | None:
+        """The quick first frame of a progressive request, or None when there is none: no
+        preview asked, a teacher request, or an image edit (its steps follow the strength)."""
+        edits = self.init_image is not None and self.strength < 1.0
+        if self.teacher_steps or edits or not 0 < self.preview_steps < self.steps:
+            return None
+        return replace(self, steps=self.preview_steps, preview_steps=0)
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,8 @@ class GenerateResult:
     error: str | None = None
     backend: str = ""
     device: str = ""
+    preview: bool = False  # a progressive request's quick frame; its full frame follows
+    request: GenerateRequest | None = None  # what was asked (with its id), set by the service
 
     @property
     def ok(self) -> bool:

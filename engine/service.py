@@ -1,8 +1,12 @@
 """The live generation worker: a latest-request-wins single-slot mailbox on one thread.
 
-submit() overwrites the pending slot, so a flood of keystrokes never builds a queue; the
-worker runs the newest request and delivers its result only if nothing newer arrived
-meanwhile. Every exception becomes a failed GenerateResult; the thread lives on.
+submit() overwrites the pending slot, so a flood of keystrokes never builds a queue and a
+request that was overtaken before it started is dropped. Every frame the worker finishes
+is delivered, so the canvas keeps moving while the user types even when a frame takes
+longer than the gap between keystrokes. A progressive request (preview_steps) delivers a
+quick frame first and, once no newer request has come for refine_delay_s, its full-step
+frame; a newer request interrupts that refinement between UNet steps. Every exception
+becomes a failed GenerateResult; the thread lives on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ import traceback
 from collections.abc import Callable
 from typing import Protocol
 
-from engine.api import EngineError, GenerateRequest, GenerateResult, StageTimings
+from engine.api import (
+    EngineError,
+    GenerateRequest,
+    GenerateResult,
+    GenerationInterrupted,
+    StageTimings,
+)
 
 ResultCallback = Callable[[GenerateResult], None]
 
@@ -24,7 +34,7 @@ class ImageGenerator(Protocol):
 
     backend: object
 
-    def generate(self, request: GenerateRequest): ...
+    def generate(self, request: GenerateRequest, interrupt: Callable[[], bool] | None = None): ...
 
 
 def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto"):
@@ -44,8 +54,10 @@ def load_generator(model: str | None = None, backend: str = "torch", device: str
 class GenerationService:
     """Owns one worker thread; results go to on_result, called on that worker thread."""
 
-    def __init__(self, generator: ImageGenerator, on_result: ResultCallback):
+    def __init__(self, generator: ImageGenerator, on_result: ResultCallback,
+                 refine_delay_s: float = 0.15):
         self._generator = generator
+        self.refine_delay_s = refine_delay_s
         self._on_result = on_result
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -98,27 +110,59 @@ class GenerationService:
             request, self._pending = self._pending, None
             return request, self._generator
 
+    def _newer_waiting(self) -> bool:
+        with self._lock:
+            return self._pending is not None or self._closed
+
+    def _quiet_for(self, seconds: float) -> bool:
+        """Wait until a request arrives or `seconds` pass; True when none arrived."""
+        with self._lock:
+            self._wake.wait_for(lambda: self._pending is not None or self._closed, seconds)
+            return self._pending is None and not self._closed
+
     def _run(self) -> None:
         while True:
             request, generator = self._take()
             if request is None:
                 return
-            result = self._execute(generator, request)
+            preview = request.preview()
+            if preview is not None:
+                first = self._execute(generator, preview, preview=True, asked=request)
+                self._deliver(first)
+                if not first.ok or not self._quiet_for(self.refine_delay_s):
+                    continue  # failed, or still typing: the newer request goes first
+            result = self._execute(generator, request,
+                                   self._newer_waiting if preview is not None else None)
             with self._lock:
                 self.completed_ids.append(request.request_id)
-                current = request.request_id == self._latest_id and not self._closed
-            if current:
-                try:
-                    self._on_result(result)
-                except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
-                    traceback.print_exc()
+            if result is not None:
+                self._deliver(result)
 
-    def _execute(self, generator: ImageGenerator, request: GenerateRequest) -> GenerateResult:
-        backend = getattr(generator, "backend", None)
-        names = {"backend": getattr(backend, "name", ""), "device": getattr(backend, "device", "")}
+    def _deliver(self, result: GenerateResult) -> None:
+        with self._lock:
+            if self._closed:
+                return
         try:
-            image, timings = generator.generate(request)
+            self._on_result(result)
+        except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
+            traceback.print_exc()
+
+    def _execute(self, generator: ImageGenerator, request: GenerateRequest,
+                 interrupt: Callable[[], bool] | None = None, preview: bool = False,
+                 asked: GenerateRequest | None = None) -> GenerateResult | None:
+        """The request's frame or failure (the result names `asked`, by default the request
+        itself); None when interrupt() stopped it."""
+        backend = getattr(generator, "backend", None)
+        names = {"backend": getattr(backend, "name", ""), "device": getattr(backend, "device", ""),
+                 "preview": preview, "request": asked or request}
+        try:
+            if interrupt is None:
+                image, timings = generator.generate(request)
+            else:
+                image, timings = generator.generate(request, interrupt)
             return GenerateResult(request.request_id, image, timings, **names)
+        except GenerationInterrupted:
+            return None
         except EngineError as error:
             message = str(error)
         except Exception as error:  # noqa: BLE001 - every failure becomes a failed result

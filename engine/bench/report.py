@@ -15,10 +15,12 @@ ROWS = (
     ("speedup 1 step vs teacher", "speedup_vs_teacher", "{:.1f}x"),
     ("speedup 4 steps vs teacher", "speedup_4step_vs_teacher", "{:.1f}x"),
     ("student steps per typed frame", "keystroke_steps", "{}"),
+    ("preview steps (0: none)", "keystroke_preview_steps", "{}"),
     ("keystroke p50 at 20 keys/s (ms)", "keystroke_p50_ms", "{:.1f}"),
     ("keystroke p95 at 20 keys/s (ms)", "keystroke_p95_ms", "{:.1f}"),
     ("keystroke p50, burst typing (ms)", "keystroke_burst_p50_ms", "{:.1f}"),
     ("keystroke p95, burst typing (ms)", "keystroke_burst_p95_ms", "{:.1f}"),
+    ("last key to full-step frame (ms)", "keystroke_settle_ms", "{:.1f}"),
     ("peak RSS (MiB)", "peak_rss_mb", "{:.0f}"),
     ("load + export + warm-up (s)", "load_s", "{:.1f}"),
 )

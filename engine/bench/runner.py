@@ -33,9 +33,11 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
 
 
 def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repeats: int = 10,
-                  threads: int | None = None, label: str = "", steps: int | None = None) -> dict:
+                  threads: int | None = None, label: str = "", steps: int | None = None,
+                  preview_steps: int | None = None) -> dict:
     """Every figure of docs/benchmarks.md for one backend, as one flat JSON-ready dict; the
-    typed frames use `steps` student steps (None: the count the student was distilled for)."""
+    typed frames use `steps` student steps (None: the count the student was distilled for),
+    previewed at `preview_steps` (None: 1 for multi-step frames, as the live tab)."""
     from engine.bench.stages import TeacherView
     from engine.pipeline.generator import Generator
 
@@ -64,10 +66,13 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
     result.update(student_vs_teacher(generator, teacher_generator, repeats, sessions))
     result["teacher_label"] = teacher_label
     steps = steps or generator.default_steps
-    paced = keystroke_stats(generator, sessions, KEYSTROKE_RATE, steps)
-    burst = keystroke_stats(generator, sessions, None, steps)
+    preview_steps = (1 if steps > 1 else 0) if preview_steps is None else preview_steps
+    paced = keystroke_stats(generator, sessions, KEYSTROKE_RATE, steps, preview_steps)
+    burst = keystroke_stats(generator, sessions, None, steps, preview_steps)
     result.update({
         "keystroke_steps": steps,
+        "keystroke_preview_steps": preview_steps,
+        "keystroke_settle_ms": paced["settle_ms"],
         "keystroke_p50_ms": paced["p50_ms"], "keystroke_p95_ms": paced["p95_ms"],
         "keystroke_burst_p50_ms": burst["p50_ms"], "keystroke_burst_p95_ms": burst["p95_ms"],
         "keystroke": {"prompt_chars": len(PROMPT), "paced": paced, "burst": burst},
@@ -78,7 +83,8 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
 
 
 def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
-                        threads: int | None, label: str, steps: int | None) -> dict:
+                        threads: int | None, label: str, steps: int | None,
+                        preview_steps: int | None) -> dict:
     """One backend in a fresh interpreter, so that peak_rss_mb is that backend's alone."""
     command = [sys.executable, "-m", "engine", "bench", "--model", model, "--backend", backend,
                "--device", device, "--repeats", str(repeats), "--json"]
@@ -88,6 +94,8 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
         command += ["--label", label]
     if steps:
         command += ["--steps", str(steps)]
+    if preview_steps is not None:
+        command += ["--preview-steps", str(preview_steps)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         lines = (completed.stderr.strip() or "no output").splitlines()
@@ -97,13 +105,15 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
 
 
 def bench(model: str, backends: list[str], device: str = "auto", repeats: int = 10,
-          threads: int | None = None, label: str = "", steps: int | None = None) -> dict:
+          threads: int | None = None, label: str = "", steps: int | None = None,
+          preview_steps: int | None = None) -> dict:
     """The report: the fastest backend's keys at the top level, every backend under results."""
     if len(backends) == 1:
-        results = [bench_backend(model, backends[0], device, repeats, threads, label, steps)]
+        results = [bench_backend(model, backends[0], device, repeats, threads, label, steps,
+                                 preview_steps)]
     else:
-        results = [bench_in_subprocess(model, name, device, repeats, threads, label, steps)
-                   for name in backends]
+        results = [bench_in_subprocess(model, name, device, repeats, threads, label, steps,
+                                       preview_steps) for name in backends]
     best = min(results, key=lambda item: item["keystroke_p50_ms"])
     summary = {key: value for key, value in best.items() if key != "keystroke"}
     return {**summary, "date": time.strftime("%Y-%m-%d"), "results": results}

@@ -29,6 +29,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
                         help="student steps of the typed frames (default: the count the "
                              "student was distilled for, as the live tab)")
+    parser.add_argument("--preview-steps", type=int, choices=(0, 1, 2), default=None,
+                        help="steps of the quick frame each typed multi-step frame shows first, "
+                             "as the live tab's Preview (default 1 for multi-step frames; 0: "
+                             "no preview)")
     parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd"),
                         help="instead of --model: random-weight SD-1.5-shaped frames/s "
                              "(needs CUDA; tiny-sd: a 32-px stand-in for tests)")
@@ -66,6 +70,6 @@ def run(args) -> int:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
     report = bench(str(model), backends, args.device, args.repeats, args.threads, args.label,
-                   args.steps)
+                   args.steps, args.preview_steps)
     print(json.dumps(report) if args.json else live_report(report))
     return 0

@@ -82,6 +82,10 @@ def add_parser(subparsers) -> None:
     add("--lora-rank", type=int, default=None,
         help="train a LoRA student of this rank instead of all weights (big teachers); "
              "merged into student/ when saved (default 0, full fine-tuning)")
+    add("--init-from", default=None,
+        help="start the student and critic from another run's checkpoints/step-N folder "
+             "(same teacher), e.g. a one-step student from a four-step run; optimisers, "
+             "step count and data order start fresh")
     add("--resume", action="store_true",
         help="continue the run in --out from its newest checkpoint (optimizer, LR schedule, "
              "RNG, data order and step restored)")
@@ -124,6 +128,16 @@ def config_from_args(args) -> tuple[object, set[str]]:
     return config, given
 
 
+def check_init_folder(folder: Path) -> None:
+    """--init-from must name a checkpoint folder with the student and critic weights."""
+    from engine.distill.setup import INIT_FILES
+
+    missing = [name for name in INIT_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise EngineError(f"--init-from {folder} has no {missing[0]}; pass a "
+                          "runs/NAME/checkpoints/step-N folder of a distill run.")
+
+
 def prepare_config(args):
     """Resolve defaults, apply --resume rules and check the teacher folder, before any
     heavy import, so that bad input fails in a second with one line."""
@@ -145,6 +159,8 @@ def prepare_config(args):
         raise EngineError(f"{out} already holds a run; pass --resume to continue it or "
                           "choose another --out.")
     config.resolve()
+    if config.init_from and not args.resume:
+        check_init_folder(Path(config.init_from))
     check_layout(resolve_model_dir(config.teacher))
     from engine.distill.stages import real_data_folder
 

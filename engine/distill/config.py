@@ -53,6 +53,7 @@ class DistillConfig:
     device: str = "auto"
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # > 0: train a LoRA student of this rank (merged when saved)
+    init_from: str | None = None  # a distill checkpoint folder: start student and critic there
     checkpoint_every: int = 250  # generator steps between checkpoints (and student/ refresh)
     keep_checkpoints: int = 3
     sample_every: int = 100  # generator steps between sample grids (0: only at checkpoints)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -79,14 +80,43 @@ def build_networks(config: DistillConfig, parts: PipelineParts,
     unet_dir = parts.model_dir / "unet"
     student_unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
     critic_unet = copy.deepcopy(student_unet)
+    student = ScoreNetwork(student_unet, parts.latent_channels)
+    critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan)
+    from engine.distill.checkpoint import latest_checkpoint
+
+    resuming = latest_checkpoint(Path(config.out) / "checkpoints") is not None
+    if config.init_from and not resuming:  # a resume loads its own checkpoint instead
+        load_init_weights(Path(config.init_from), {"student": student, "critic": critic})
     if config.lora_rank:
         add_lora(student_unet, config.lora_rank)
     if config.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
         critic_unet.enable_gradient_checkpointing()
-    student = ScoreNetwork(student_unet, parts.latent_channels).to(device).train()
-    critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan).to(device).train()
-    return Networks(teacher, student, critic)
+    return Networks(teacher, student.to(device).train(), critic.to(device).train())
+
+
+# accelerate's save_state names the prepared models in order: student, then critic.
+INIT_FILES = {"student": "model.safetensors", "critic": "model_1.safetensors"}
+
+
+def load_init_weights(folder: Path, networks: dict[str, torch.nn.Module]) -> None:
+    """Copy a checkpoint's student and critic weights in (--init-from). The critic's GAN head
+    may be absent on either side; every UNet weight must match."""
+    from safetensors.torch import load_file
+
+    for name, network in networks.items():
+        state = load_file(str(folder / INIT_FILES[name]))
+        if name == "critic" and getattr(network, "gan_head", None) is None:
+            state = {k: v for k, v in state.items() if not k.startswith("gan_head.")}
+        try:
+            missing, unexpected = network.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatch: another teacher's run
+            raise EngineError(f"--init-from {folder}: the {name} weights do not fit this "
+                              "teacher's UNet.") from error
+        missing = [k for k in missing if not k.startswith("gan_head.")]
+        if missing or unexpected:
+            raise EngineError(f"--init-from {folder}: the {name} weights do not match this "
+                              f"teacher's UNet ({(missing or unexpected)[0]}).")
 
 
 def constant_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int):

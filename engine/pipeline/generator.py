@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from engine.api import GenerateRequest, InvalidRequestError, StageTimings
+from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
 from engine.pipeline.sampling import ddim_sample, edit_start, multistep_sample, teacher_start
 from engine.pipeline.schedule import ddim_timesteps, student_timesteps, x0_from_eps
 from engine.pipeline.text import TextEmbedding
@@ -82,10 +83,26 @@ def check_request(request: GenerateRequest) -> None:
         raise InvalidRequestError(f"Strength must be between 0 and 1, not {request.strength}.")
     if not 1 <= int(request.steps) <= 16:
         raise InvalidRequestError(f"Student steps must be between 1 and 16, not {request.steps}.")
+    if not 0 <= int(request.preview_steps) <= 16:
+        raise InvalidRequestError(f"Preview steps must be between 0 and 16, not "
+                                  f"{request.preview_steps}.")
     if not 0 <= int(request.teacher_steps) <= MAX_TEACHER_STEPS:
         raise InvalidRequestError(f"Teacher steps must be between 0 and {MAX_TEACHER_STEPS}.")
     if not float(request.guidance) >= 0:  # also rejects NaN
         raise InvalidRequestError(f"Guidance must be zero or positive, not {request.guidance}.")
+
+
+def interruptible(x0_fn, interrupt: Callable[[], bool] | None):
+    """x0_fn that first asks interrupt() and raises GenerationInterrupted when it says so."""
+    if interrupt is None:
+        return x0_fn
+
+    def checked(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        if interrupt():
+            raise GenerationInterrupted
+        return x0_fn(x_t, t)
+
+    return checked
 
 
 class Generator:
@@ -183,11 +200,13 @@ class Generator:
         return x0_fn
 
     # -- the whole request -------------------------------------------------------------------
-    def generate(self, request: GenerateRequest) -> tuple[np.ndarray, StageTimings]:
-        """Run one request; returns the HxWx3 uint8 image and per-stage timings."""
+    def generate(self, request: GenerateRequest, interrupt: Callable[[], bool] | None = None
+                 ) -> tuple[np.ndarray, StageTimings]:
+        """Run one request; returns the HxWx3 uint8 image and per-stage timings. interrupt()
+        is asked before every UNet call; True raises GenerationInterrupted."""
         check_request(request)
         if request.teacher_steps and self.is_student:
-            return self.teacher().generate(request)
+            return self.teacher().generate(request, interrupt)
         backend, sync = self.backend, self.backend.synchronize
         start = time.perf_counter()
         text = self.encode_prompt(request.prompt)
@@ -208,7 +227,8 @@ class Generator:
         sync()
         encode_done = time.perf_counter()
 
-        latents = self.sample_latents(request, text, uncond, conditioning, init_latent, strength)
+        latents = self.sample_latents(request, text, uncond, conditioning, init_latent, strength,
+                                      interrupt)
         sync()
         unet_done = time.perf_counter()
         image = tensor_to_image(backend.decode(latents))
@@ -222,7 +242,8 @@ class Generator:
         )
         return image, timings
 
-    def sample_latents(self, request, text, uncond, conditioning, init_latent, strength):
+    def sample_latents(self, request, text, uncond, conditioning, init_latent, strength,
+                       interrupt=None):
         backend = self.backend
         noise = self.noise_source(request.seed)
         shape = (1, backend.latent_channels, backend.latent_size, backend.latent_size)
@@ -230,7 +251,8 @@ class Generator:
         top = self.schedule.num_train_timesteps
         if request.teacher_steps:
             timesteps = ddim_timesteps(int(request.teacher_steps), top)
-            x0_fn = self.x0_function(text, conditioning, uncond, float(request.guidance))
+            x0_fn = interruptible(self.x0_function(text, conditioning, uncond,
+                                                   float(request.guidance)), interrupt)
             if init_latent is not None:
                 timesteps = timesteps[teacher_start(len(timesteps), strength):]
                 if not timesteps:
@@ -238,7 +260,7 @@ class Generator:
                 x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
                                                   torch.tensor([timesteps[0]]))
             return ddim_sample(x0_fn, x_start, timesteps, self.schedule)
-        x0_fn = self.x0_function(text, conditioning)
+        x0_fn = interruptible(self.x0_function(text, conditioning), interrupt)
         timesteps = self.timesteps_for(int(request.steps))
         if init_latent is not None:
             timesteps = edit_start(self.edit_timesteps, strength, top)

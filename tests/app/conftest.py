@@ -29,7 +29,7 @@ class FakeGenerator:
         self.max_active = 0
         self._lock = threading.Lock()
 
-    def generate(self, request: GenerateRequest):
+    def generate(self, request: GenerateRequest, interrupt=None):
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)

@@ -206,3 +206,26 @@ def test_the_steps_box_starts_at_the_steps_the_loaded_student_was_distilled_for(
     window.live_tab.engine.set_generator(FakeGenerator(), "one-step")  # no default_steps: 1
     wait_for_frame(qtbot, window, lambda request: request.steps == 1)
     assert tab.steps_combo.currentData() == 1
+
+
+def test_a_four_step_model_previews_at_one_step_then_refines(make_window, qtbot):
+    four_step = FakeGenerator(delay_s=0.01)
+    four_step.default_steps = 4
+    window = make_window(generator=four_step)
+    tab = window.live_tab
+    assert tab.preview_box.isChecked() and tab.preview_box.isEnabled()
+    shown = []
+    window.engine.result_ready.connect(lambda result, request: shown.append(
+        (request.prompt, result.preview, tab.meter.text().startswith("preview"))))
+    tab.prompt_edit.setText("fox")
+    qtbot.waitUntil(lambda: ("fox", False, False) in shown, timeout=10_000)
+    assert shown[shown.index(("fox", False, False)) - 1] == ("fox", True, True)
+    assert [r.steps for r in four_step.requests if r.prompt == "fox"] == [1, 4]
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+
+    tab.preview_box.setChecked(False)  # resubmits without a preview
+    qtbot.waitUntil(lambda: len([r for r in four_step.requests if r.prompt == "fox"]) == 3,
+                    timeout=10_000)
+    assert four_step.requests[-1].steps == 4 and four_step.requests[-1].preview_steps == 0
+    tab.steps_combo.setCurrentIndex(tab.steps_combo.findData(1))
+    assert not tab.preview_box.isEnabled()

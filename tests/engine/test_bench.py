@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NUMBER_KEYS = ("threads", "keystroke_p50_ms", "keystroke_p95_ms", "student_ms", "teacher_ms",
                "speedup_vs_teacher", "peak_rss_mb", "text_ms", "unet_ms", "decode_ms",
                "student_4step_ms", "keystroke_burst_p50_ms", "keystroke_burst_p95_ms",
-               "encode_image_ms", "load_s", "image_size", "latent_size", "keystroke_steps")
+               "encode_image_ms", "load_s", "image_size", "latent_size", "keystroke_steps",
+               "keystroke_settle_ms")
 
 
 def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
@@ -39,6 +40,7 @@ def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
         for key in NUMBER_KEYS:
             assert isinstance(item[key], (int, float)) and item[key] > 0, key
         assert "same UNet" in item["teacher_label"]
+        assert item["keystroke_preview_steps"] == 0  # a one-step student has no preview
         assert item["machine"]["cpu"] and item["machine"]["cpu_sgemm_gflops"] > 0
     for item in report["results"]:
         paced = item["keystroke"]["paced"]
@@ -69,9 +71,9 @@ class FakeGenerator:
         self.backend, self.text_cache = FakeBackend(), LruCache(4)
         self.steps_seen: set[int] = set()
 
-    def generate(self, request):
+    def generate(self, request, interrupt=None):
         self.steps_seen.add(request.steps)
-        time.sleep(0.02)
+        time.sleep(0.005 * request.steps + 0.015)
         return np.zeros((8, 8, 3), np.uint8), StageTimings()
 
 
@@ -84,6 +86,19 @@ def test_keystroke_burst_drops_stale_requests(no_thread_leak):
     assert stats["requests_dropped"] >= 35  # 40 keys at once: nearly all superseded
     assert 20 <= stats["p50_ms"] < 1000
     assert generator.steps_seen == {4}  # every typed frame asked for the given steps
+
+
+def test_keystrokes_with_a_preview_answer_at_one_step_and_settle_at_four(no_thread_leak):
+    from engine.bench.keystroke import keystroke_stats
+
+    generator = FakeGenerator()
+    stats = keystroke_stats(generator, sessions=1, rate=50.0, steps=4, preview_steps=1)
+    assert generator.steps_seen == {1, 4}
+    # Keys 20 ms apart and 20 ms previews: most keys get a frame, every one a preview.
+    assert stats["frames_delivered"] >= 20
+    assert 20 <= stats["p50_ms"] < 150
+    # The last key's full frame waits for the 150 ms pause, then takes 35 ms.
+    assert stats["settle_ms"] >= 150 + 20 + 35
 
 
 def test_find_teacher_only_takes_local_folders(tiny_model_dir, tmp_path):

@@ -95,6 +95,28 @@ def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, r
     assert any(e["event"] == "checkpoint" for e in lines)
 
 
+def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_dir, tmp_path,
+                                                                    one_thread):
+    from engine.distill.setup import build_networks
+    from engine.pipeline.loading import load_pipeline
+
+    four = tmp_path / "four"
+    assert run_trainer(tiny_config(tiny_model_dir, four, steps=2, method="dmd2",
+                                   student_steps=4, checkpoint_every=2)) == 2
+    source = four / "checkpoints" / "step-2"
+    config = tiny_config(tiny_model_dir, tmp_path / "one", init_from=str(source),
+                         method="dmd2", gan_weight=0.0).resolve()
+    networks = build_networks(config, load_pipeline(tiny_model_dir), torch.device("cpu"))
+    for network, name in ((networks.student, "model.safetensors"),
+                          (networks.critic, "model_1.safetensors")):
+        expected, actual = load_file(source / name), network.state_dict()
+        assert all(torch.equal(actual[key], expected[key]) for key in expected)
+    teacher_unet = load_pipeline(tiny_model_dir).unet.state_dict()
+    student_unet = networks.student.unet.state_dict()
+    assert any(not torch.equal(student_unet[k], teacher_unet[k].float()) for k in teacher_unet)
+    assert run_trainer(config) == 2  # and it trains from there
+
+
 def test_v_prediction_teacher_runs_one_step(tmp_path, one_thread):
     from engine.pipeline.loading import load_pipeline
     from engine.pipeline.tiny import build_tiny_pipeline
@@ -136,6 +158,7 @@ def test_lora_student_is_merged_into_a_plain_unet(tiny_sketch_model_dir):
     (["--method", "gan"], "Unknown method"),
     (["--max-minutes", "0"], "--max-minutes must be positive"),
     (["--teacher", "NO_UNET"], "has no unet/ folder"),
+    (["--init-from", "NO_UNET"], "has no model.safetensors"),
 ])
 def test_bad_values_fail_with_one_line_and_exit_code_2(tmp_path, tiny_model_dir, flags, message):
     no_unet = tmp_path / "no_unet"

@@ -1,4 +1,5 @@
-"""The live worker: latest request wins, stale results are dropped, errors don't kill it."""
+"""The live worker: latest request wins, finished frames are shown, previews refine, errors
+don't kill it."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.api import GenerateRequest, StageTimings
+from engine.api import GenerateRequest, GenerationInterrupted, StageTimings
 from engine.service import GenerationService
 
 
@@ -24,11 +25,12 @@ class GatedGenerator:
         self.gate = threading.Event()
         self.started = threading.Event()
         self.ran: list[str] = []
+        self.steps: list[int] = []
         self.active = 0
         self.max_active = 0
         self.lock = threading.Lock()
 
-    def generate(self, request):
+    def generate(self, request, interrupt=None):
         with self.lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -37,6 +39,7 @@ class GatedGenerator:
         with self.lock:
             self.active -= 1
             self.ran.append(request.prompt)
+            self.steps.append(request.steps)
         if request.prompt == "explode":
             raise RuntimeError("backend failure")
         return np.zeros((2, 2, 3), np.uint8), StageTimings(total_ms=1.0)
@@ -62,20 +65,97 @@ def service_parts(no_thread_leak):
     assert not service.is_alive()
 
 
-def test_only_the_newest_of_a_flood_is_delivered(service_parts):
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return condition()
+
+
+def test_a_flood_runs_only_the_newest_and_every_finished_frame_is_shown(service_parts):
     service, generator, collector = service_parts
-    service.submit(GenerateRequest("first"))
+    first = service.submit(GenerateRequest("first"))
     assert generator.started.wait(5)
     ids = [service.submit(GenerateRequest(f"prompt {i}")) for i in range(100)]
     assert ids == sorted(ids) and len(set(ids)) == 100
     generator.gate.set()
-    assert collector.arrived.wait(5)
+    assert wait_for(lambda: len(collector.results) == 2)
     service.close()
-    # "first" ran but was superseded; of the 100 only the newest ran; one frame delivered.
+    # "first" was running when the flood came: its frame is still shown (the canvas keeps
+    # moving); of the 100 waiting requests only the newest ran.
     assert generator.ran == ["first", "prompt 99"]
-    assert [r.request_id for r in collector.results] == [ids[-1]]
-    assert collector.results[0].ok and collector.results[0].backend == "fake"
+    assert [r.request_id for r in collector.results] == [first, ids[-1]]
+    assert all(r.ok and r.backend == "fake" and not r.preview for r in collector.results)
     assert generator.max_active == 1
+
+
+class SteppingGenerator:
+    """Takes `step_s` per student step and honours interrupt() between steps."""
+
+    def __init__(self, step_s: float = 0.02):
+        self.backend, self.step_s = FakeBackend(), step_s
+        self.runs: list[tuple[str, int, str]] = []  # prompt, steps, "done" | "interrupted"
+
+    def generate(self, request, interrupt=None):
+        for _ in range(request.steps):
+            if interrupt is not None and interrupt():
+                self.runs.append((request.prompt, request.steps, "interrupted"))
+                raise GenerationInterrupted
+            threading.Event().wait(self.step_s)
+        self.runs.append((request.prompt, request.steps, "done"))
+        return np.full((2, 2, 3), request.steps, np.uint8), StageTimings(total_ms=1.0)
+
+
+def test_a_progressive_request_shows_its_preview_then_its_full_frame(no_thread_leak):
+    generator, collector = SteppingGenerator(), Collector()
+    service = GenerationService(generator, collector, refine_delay_s=0.05)
+    request_id = service.submit(GenerateRequest("apple", steps=4, preview_steps=1))
+    assert wait_for(lambda: len(collector.results) == 2)
+    service.close()
+    assert [(r.request_id, r.preview, int(r.image[0, 0, 0])) for r in collector.results] == \
+        [(request_id, True, 1), (request_id, False, 4)]
+    assert generator.runs == [("apple", 1, "done"), ("apple", 4, "done")]
+
+
+def test_typing_within_the_refine_delay_skips_the_refinement(no_thread_leak):
+    generator, collector = SteppingGenerator(), Collector()
+    service = GenerationService(generator, collector, refine_delay_s=5.0)
+    service.submit(GenerateRequest("a", steps=4, preview_steps=1))
+    assert wait_for(lambda: len(collector.results) == 1)
+    last = service.submit(GenerateRequest("ap", steps=4, preview_steps=1))
+    assert wait_for(lambda: len(collector.results) == 2)
+    service.close()  # "ap" waits for its 5 s pause: closing drops its refinement too
+    assert generator.runs == [("a", 1, "done"), ("ap", 1, "done")]
+    assert collector.results[-1].request_id == last and collector.results[-1].preview
+
+
+def test_a_new_keystroke_interrupts_a_refinement_between_steps(no_thread_leak):
+    generator, collector = SteppingGenerator(step_s=0.2), Collector()
+    service = GenerationService(generator, collector, refine_delay_s=0.0)
+    service.submit(GenerateRequest("a", steps=4, preview_steps=1))
+    assert wait_for(lambda: len(collector.results) == 1)  # preview shown, refining now
+    threading.Event().wait(0.1)
+    last = service.submit(GenerateRequest("ab", steps=4, preview_steps=1))
+    assert wait_for(lambda: len(collector.results) == 3)
+    service.close()
+    assert generator.runs == [("a", 1, "done"), ("a", 4, "interrupted"), ("ab", 1, "done"),
+                              ("ab", 4, "done")]
+    assert [(r.request_id, r.preview) for r in collector.results[1:]] == [(last, True),
+                                                                           (last, False)]
+
+
+def test_previews_only_where_steps_decide_the_image():
+    assert GenerateRequest("a", steps=4, preview_steps=1).preview().steps == 1
+    assert GenerateRequest("a", steps=4, preview_steps=1).preview().preview_steps == 0
+    assert GenerateRequest("a", steps=1, preview_steps=1).preview() is None
+    assert GenerateRequest("a", steps=4).preview() is None
+    assert GenerateRequest("a", steps=4, preview_steps=1, teacher_steps=20).preview() is None
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert GenerateRequest("a", steps=4, preview_steps=1, init_image=image,
+                           strength=0.5).preview() is None
+    assert GenerateRequest("a", steps=4, preview_steps=1, init_image=image,
+                           strength=1.0).preview() is not None
 
 
 def test_a_backend_exception_becomes_a_failed_result_and_the_worker_lives(service_parts):
@@ -138,6 +218,25 @@ def test_real_generator_through_the_service(tiny_model_dir, no_thread_leak):
     assert result.ok and result.image.shape == (32, 32, 3)
     assert result.backend == "torch" and result.device == "cpu"
     assert result.timings.text_ms >= 0 and result.timings.total_ms > 0
+
+
+def test_the_real_generator_stops_when_interrupted(tiny_model_dir):
+    from engine.service import load_generator
+
+    generator = load_generator(str(tiny_model_dir), "torch", "cpu")
+    request = GenerateRequest("red apple", seed=3, steps=4)
+    asked = []
+
+    def interrupt_before_third_call():
+        asked.append(1)
+        return len(asked) == 3
+
+    with pytest.raises(GenerationInterrupted):
+        generator.generate(request, interrupt_before_third_call)
+    assert len(asked) == 3  # asked before each UNet call, stopped before the third
+    plain, _ = generator.generate(request)
+    never, _ = generator.generate(request, lambda: False)
+    assert np.array_equal(plain, never)
 
 
 def test_engine_imports_no_qt():
