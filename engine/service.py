@@ -55,7 +55,7 @@ class GenerationService:
     """Owns one worker thread; results go to on_result, called on that worker thread."""
 
     def __init__(self, generator: ImageGenerator, on_result: ResultCallback,
-                 refine_delay_s: float = 0.15):
+                 refine_delay_s: float = 0.1):
         self._generator = generator
         self.refine_delay_s = refine_delay_s
         self._on_result = on_result
