@@ -16,7 +16,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", help="model folder (default: the shipped embedded model)")
     parser.add_argument("--real", action="store_true",
                         help="score the real held-out images instead (the ceiling)")
-    parser.add_argument("--steps", type=int, default=1, help="student steps (1, 2 or 4)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="student steps (1, 2 or 4; default: the count the student was "
+                             "distilled for, as generate and the app)")
     parser.add_argument("--teacher-steps", type=int, default=0,
                         help="N > 0: the teacher's N-step DDIM sampler with CFG")
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (teacher)")
@@ -38,7 +40,7 @@ def run(args) -> int:
     from engine.eval.evaluator import load_evaluator
     from engine.eval.metrics import generate_images, pipeline_generator, score_images
 
-    if args.steps < 1 or args.teacher_steps < 0 or args.limit < 0:
+    if (args.steps is not None and args.steps < 1) or args.teacher_steps < 0 or args.limit < 0:
         raise EngineError("--steps must be positive and --teacher-steps, --limit not negative.")
     evaluator = load_evaluator(args.evaluator)
     data = load_dataset(args.data)
@@ -50,18 +52,20 @@ def run(args) -> int:
     captions = [data.captions[i] for i in ids]
     real = data.images[ids]
     _, pooled = encode_captions(load_minilm(), captions)
+    steps = args.steps
     if args.real:
         images, seconds, model = real, 0.0, "real"
     else:
         from engine.cli.common import model_or_default
 
         model = model_or_default(args.model)
-        generate_one = pipeline_generator(model, args.steps, args.teacher_steps, args.guidance,
-                                          args.device, real.shape[1], args.backend)
+        generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
+                                                 args.guidance, args.device, real.shape[1],
+                                                 args.backend)
         images, seconds = generate_images(generate_one, captions, args.seed)
     scores = score_images(evaluator, images, pooled, real)
     result = {"model": str(model), "images": len(captions), **scores,
-              "seconds_per_image": seconds, "steps": args.steps,
+              "seconds_per_image": seconds, "steps": steps,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance}
     if args.json:
         print(json.dumps(result))

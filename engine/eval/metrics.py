@@ -72,10 +72,11 @@ def generate_images(generate_one: Callable[[str, int], np.ndarray], captions: li
     return np.stack(images), seconds
 
 
-def pipeline_generator(model: str, steps: int = 1, teacher_steps: int = 0,
+def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int = 0,
                        guidance: float = 4.0, device: str = "cpu", size: int = 128,
-                       backend: str = "torch") -> Callable[[str, int], np.ndarray]:
-    """generate_one(caption, seed) over the engine's Generator (engine.pipeline)."""
+                       backend: str = "torch") -> tuple[Callable[[str, int], np.ndarray], int]:
+    """(generate_one(caption, seed) over the engine's Generator, the student steps it uses:
+    `steps`, or the count the student was distilled for)."""
     from PIL import Image
 
     from engine.api import GenerateRequest
@@ -83,6 +84,7 @@ def pipeline_generator(model: str, steps: int = 1, teacher_steps: int = 0,
     from engine.runtime import create_backend
 
     generator = Generator(create_backend(model, backend, device))
+    steps = steps or generator.default_steps
 
     def generate_one(caption: str, seed: int) -> np.ndarray:
         request = GenerateRequest(prompt=caption, seed=seed, steps=steps,
@@ -93,4 +95,4 @@ def pipeline_generator(model: str, steps: int = 1, teacher_steps: int = 0,
             image = np.asarray(resized)
         return image
 
-    return generate_one
+    return generate_one, steps

@@ -99,13 +99,15 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
 
     def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend):
         asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance)
-        return lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # blank paper
+        blank = lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # noqa: E731
+        return blank, steps or 4  # as a four-step student would
 
     monkeypatch.setattr(metrics, "pipeline_generator", fake_pipeline_generator)
     code = main(["eval", "--model", str(tmp_path), "--teacher-steps", "3", "--guidance", "2.5",
                  "--json", "--data", str(tmp_path / "data"), "--evaluator", str(tmp_path / "ev")])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip())
-    assert asked == {"model": str(tmp_path), "steps": 1, "teacher_steps": 3, "guidance": 2.5}
+    assert asked == {"model": str(tmp_path), "steps": None, "teacher_steps": 3, "guidance": 2.5}
+    assert result["steps"] == 4  # the model's own count when --steps is not given
     assert result["fd"] > 1e-3  # blank images are far from the real ones
     assert result["seconds_per_image"] >= 0 and result["images"] == 6
