@@ -77,7 +77,7 @@ class MainWindow(QMainWindow):
 
 
 class ScreenshotJob(QObject):
-    """--screenshot: wait for the first frame, grab the whole window, quit."""
+    """--screenshot: wait for the first full frame (not a preview), grab the window, quit."""
 
     def __init__(self, window: MainWindow, path: Path):
         super().__init__(window)
@@ -94,7 +94,7 @@ class ScreenshotJob(QObject):
     def _on_result(self, result, request) -> None:
         if not result.ok:
             self._finish(1, result.error)
-        elif not request.teacher_steps:
+        elif not request.teacher_steps and not result.preview:
             QTimer.singleShot(100, self._grab)
 
     def _grab(self) -> None:
