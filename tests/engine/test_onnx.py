@@ -172,7 +172,7 @@ def test_service_latest_wins(generator, no_thread_leak):
     gate = Gate(generator)
     service, results, arrived = collect(gate)
     try:
-        service.submit(GenerateRequest("a"))
+        first = service.submit(GenerateRequest("a"))
         assert gate.started.wait(10)
         for prompt in ("ab", "abc", "abcd"):
             last = service.submit(GenerateRequest(prompt))
@@ -183,9 +183,27 @@ def test_service_latest_wins(generator, no_thread_leak):
             pass
     finally:
         service.close()
-    assert [r.request_id for r in results] == [last]
-    assert results[0].ok and results[0].image.shape == (32, 32, 3)
+    # the running frame is shown, the overtaken ones never run, the newest one follows
+    assert [r.request_id for r in results] == [first, last]
+    assert all(r.ok and r.image.shape == (32, 32, 3) for r in results)
     assert results[0].backend == generator.backend.name
+
+
+def test_service_previews_then_refines_on_each_backend(generator, no_thread_leak):
+    service, results, arrived = collect(generator)
+    try:
+        request_id = service.submit(GenerateRequest("red apple", steps=4, preview_steps=1))
+        deadline = threading.Event()
+        while len(results) < 2 and not deadline.wait(0.01):
+            pass
+    finally:
+        service.close()
+    assert [(r.request_id, r.preview) for r in results] == [(request_id, True),
+                                                             (request_id, False)]
+    one_step, _ = generator.generate(GenerateRequest("red apple", steps=1))
+    four_steps, _ = generator.generate(GenerateRequest("red apple", steps=4))
+    np.testing.assert_array_equal(results[0].image, one_step)
+    np.testing.assert_array_equal(results[1].image, four_steps)
 
 
 def test_service_failed_result_then_recovers(generator, no_thread_leak):
