@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError
+from engine.distill.checkpoint import latest_checkpoint
 from engine.distill.config import DistillConfig
 from engine.distill.networks import CriticNetwork, ScoreNetwork, add_lora
 from engine.pipeline.loading import PipelineParts, load_pipeline
@@ -82,8 +83,6 @@ def build_networks(config: DistillConfig, parts: PipelineParts,
     critic_unet = copy.deepcopy(student_unet)
     student = ScoreNetwork(student_unet, parts.latent_channels)
     critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan)
-    from engine.distill.checkpoint import latest_checkpoint
-
     resuming = latest_checkpoint(Path(config.out) / "checkpoints") is not None
     if config.init_from and not resuming:  # a resume loads its own checkpoint instead
         load_init_weights(Path(config.init_from), {"student": student, "critic": critic})
