@@ -135,7 +135,7 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
     request = GenerateRequest(PROMPT, steps=1)
 
     def generate() -> None:
-        generator.text_cache.entries.clear()
+        generator.clear_caches()
         generator.generate(request)
 
     precision = "fp16, SDPA, channels_last" if device.startswith("cuda") else "fp32"
@@ -179,7 +179,7 @@ def onnx_variants(folder: Path, device: str, repeats: int) -> list[dict]:
             request = GenerateRequest(PROMPT, steps=1)
 
             def generate(generator=generator, request=request) -> None:
-                generator.text_cache.entries.clear()
+                generator.clear_caches()
                 generator.generate(request)
 
             results.append(variant(f"onnxruntime {provider}", generate, repeats,

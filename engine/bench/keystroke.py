@@ -41,7 +41,7 @@ def type_prompt(generator, prompt: str = PROMPT, rate: float | None = 20.0,
             final_frame[result.request_id] = now
         arrived.set()
 
-    generator.text_cache.entries.clear()  # every prefix is a new prompt, as when typing
+    generator.clear_caches()  # every prefix is a new prompt, as when typing
     service = GenerationService(generator, on_result)
     start = time.perf_counter()
     try:

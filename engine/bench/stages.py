@@ -45,10 +45,10 @@ def stage_ms(backend, repeats: int) -> dict[str, float]:
 
 
 def generate_ms(generator, request: GenerateRequest, repeats: int, warm_up: int = 1) -> float:
-    """Median end-to-end generate() ms with the text cache cleared (prompt encoded each time)."""
+    """Median end-to-end generate() ms with the caches cleared (prompt encoded each time)."""
 
     def run() -> None:
-        generator.text_cache.entries.clear()
+        generator.clear_caches()
         generator.generate(request)
 
     return median_ms(run, repeats, warm_up)

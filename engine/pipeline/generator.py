@@ -113,11 +113,17 @@ class Generator:
         self.schedule = backend.schedule
         self.text_cache = LruCache(text_cache_size)
         self.latent_cache = LruCache(latent_cache_size)
+        self.first_step_cache = LruCache(4)  # (prompt, seed, sketch, t) -> first student x0
         config = backend.student_config
         top = self.schedule.num_train_timesteps
         self.default_timesteps = list(config.get("timesteps") or student_timesteps(1, top))
         self.edit_timesteps = list(config.get("edit_timesteps") or student_timesteps(4, top))
         self._teacher: Generator | None = None
+
+    def clear_caches(self) -> None:
+        """Forget text embeddings and first steps (benchmarks time the work, not the caches)."""
+        self.text_cache.entries.clear()
+        self.first_step_cache.entries.clear()
 
     @property
     def default_steps(self) -> int:
@@ -268,4 +274,14 @@ class Generator:
                 return init_latent
             x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
                                               torch.tensor([timesteps[0]]))
-        return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)
+            return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)
+        # From pure noise the first step depends only on prompt, sketch, seed and t: a live
+        # preview's one-step x0 is the first step of the full frame that refines it.
+        sketch = None if request.sketch is None else image_key(to_rgb_array(request.sketch,
+                                                                           "sketch"))
+        key = (request.prompt, int(request.seed), sketch, int(timesteps[0]))
+        first_x0 = self.first_step_cache.get(key)
+        if first_x0 is None:
+            first_x0 = x0_fn(x_start, timesteps[0])
+            self.first_step_cache.put(key, first_x0)
+        return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise, first_x0)

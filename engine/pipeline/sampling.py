@@ -21,12 +21,14 @@ def timestep_tensor(t: int, batch: int) -> torch.Tensor:
 
 
 def multistep_sample(x0_fn: X0Fn, x_start: torch.Tensor, timesteps: Sequence[int],
-                     schedule: NoiseSchedule, noise_fn: NoiseFn) -> torch.Tensor:
-    """Few-step consistency-style sampling (DMD2 sec. 4.5): predict x0, re-noise to the next t."""
+                     schedule: NoiseSchedule, noise_fn: NoiseFn,
+                     first_x0: torch.Tensor | None = None) -> torch.Tensor:
+    """Few-step consistency-style sampling (DMD2 sec. 4.5): predict x0, re-noise to the next t.
+    first_x0, when given, is x0_fn(x_start, timesteps[0]) already computed."""
     x_t = x_start
     x0 = x_start
     for index, t in enumerate(timesteps):
-        x0 = x0_fn(x_t, t)
+        x0 = first_x0 if index == 0 and first_x0 is not None else x0_fn(x_t, t)
         if index + 1 < len(timesteps):
             next_t = timestep_tensor(timesteps[index + 1], x0.shape[0])
             x_t = schedule.add_noise(x0, noise_fn(tuple(x0.shape)).to(x0), next_t)

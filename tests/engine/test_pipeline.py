@@ -207,3 +207,27 @@ def test_embedded_name_without_a_trained_unet_is_a_clear_error(monkeypatch, tmp_
     with pytest.raises(ModelLoadError, match="not installed .* yet; pass a model folder"):
         load_pipeline("embedded-teacher")
     assert loading.default_model() is None
+
+
+def test_a_refinement_reuses_its_previews_first_step(tiny_sketch_model_dir):
+    generator = Generator(TorchBackend.load(str(tiny_sketch_model_dir), "cpu"))
+    calls = []
+    unet = generator.backend.unet
+    generator.backend.unet = lambda *args: calls.append(1) or unet(*args)
+    sketch = np.full((32, 32, 3), 255, np.uint8)
+    sketch[8:24, 15:17] = 0
+    preview, _ = generator.generate(GenerateRequest("cat", seed=2, steps=1, sketch=sketch))
+    full, _ = generator.generate(GenerateRequest("cat", seed=2, steps=4, sketch=sketch))
+    assert len(calls) == 1 + 3  # the four-step frame skipped the step the preview made
+    other_sketch = sketch.copy()
+    other_sketch[2:6, 2:6] = 0
+    generator.generate(GenerateRequest("cat", seed=2, steps=4, sketch=other_sketch))
+    generator.generate(GenerateRequest("cat", seed=3, steps=4, sketch=sketch))
+    assert len(calls) == 4 + 4 + 4  # another sketch or seed is another first step
+
+    generator.clear_caches()
+    calls.clear()
+    again, _ = generator.generate(GenerateRequest("cat", seed=2, steps=4, sketch=sketch))
+    assert len(calls) == 4 and np.array_equal(again, full)
+    alone, _ = generator.generate(GenerateRequest("cat", seed=2, steps=1, sketch=sketch))
+    assert np.array_equal(alone, preview)
