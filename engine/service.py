@@ -11,7 +11,6 @@ becomes a failed GenerateResult; the thread lives on.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import threading
 import traceback
@@ -64,8 +63,6 @@ class GenerationService:
         self._pending: GenerateRequest | None = None
         self._latest_id = 0
         self._closed = False
-        # ids of requests that ran to the end (bounded), for tests and benchmarks
-        self.completed_ids: collections.deque[int] = collections.deque(maxlen=1024)
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
 
@@ -133,8 +130,6 @@ class GenerationService:
                     continue  # failed, or still typing: the newer request goes first
             result = self._execute(generator, request,
                                    self._newer_waiting if preview is not None else None)
-            with self._lock:
-                self.completed_ids.append(request.request_id)
             if result is not None:
                 self._deliver(result)
 

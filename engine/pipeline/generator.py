@@ -166,14 +166,15 @@ class Generator:
             self.text_cache.put(prompt, cached)
         return cached
 
-    def encode_image(self, image: np.ndarray, what: str) -> torch.Tensor:
+    def encode_image(self, image: np.ndarray, what: str) -> tuple[torch.Tensor, str]:
+        """(latent, content key): the latent is cached by the image's content hash."""
         image = to_rgb_array(image, what)
         key = image_key(image)
         cached = self.latent_cache.get(key)
         if cached is None:
             cached = self.backend.encode_image(image_to_tensor(image, self.backend.image_size))
             self.latent_cache.put(key, cached)
-        return cached
+        return cached, key
 
     def noise_source(self, seed: int):
         """Seeded CPU noise: the same (seed, shape) gives the same image on every device."""
@@ -221,20 +222,20 @@ class Generator:
         text_done = time.perf_counter()
 
         init_image, strength = request.init_image, float(request.strength)
-        conditioning = None
+        conditioning = sketch_key = None
         if request.sketch is not None:
             if backend.conditioning_channels:
-                conditioning = self.encode_image(request.sketch, "sketch")
+                conditioning, sketch_key = self.encode_image(request.sketch, "sketch")
             elif init_image is None:
                 init_image = request.sketch  # no sketch channels: edit the sketch (img2img)
         init_latent = None
         if init_image is not None and strength < 1.0:
-            init_latent = self.encode_image(init_image, "init image")
+            init_latent, _ = self.encode_image(init_image, "init image")
         sync()
         encode_done = time.perf_counter()
 
-        latents = self.sample_latents(request, text, uncond, conditioning, init_latent, strength,
-                                      interrupt)
+        latents = self.sample_latents(request, text, uncond, (conditioning, sketch_key),
+                                      init_latent, strength, interrupt)
         sync()
         unet_done = time.perf_counter()
         image = tensor_to_image(backend.decode(latents))
@@ -248,9 +249,11 @@ class Generator:
         )
         return image, timings
 
-    def sample_latents(self, request, text, uncond, conditioning, init_latent, strength,
+    def sample_latents(self, request, text, uncond, sketch, init_latent, strength,
                        interrupt=None):
+        """sketch: (conditioning latent or None, its content key or None)."""
         backend = self.backend
+        conditioning, sketch_key = sketch
         noise = self.noise_source(request.seed)
         shape = (1, backend.latent_channels, backend.latent_size, backend.latent_size)
         x_start = noise(shape)
@@ -277,9 +280,7 @@ class Generator:
             return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)
         # From pure noise the first step depends only on prompt, sketch, seed and t: a live
         # preview's one-step x0 is the first step of the full frame that refines it.
-        sketch = None if request.sketch is None else image_key(to_rgb_array(request.sketch,
-                                                                           "sketch"))
-        key = (request.prompt, int(request.seed), sketch, int(timesteps[0]))
+        key = (request.prompt, int(request.seed), sketch_key, int(timesteps[0]))
         first_x0 = self.first_step_cache.get(key)
         if first_x0 is None:
             first_x0 = x0_fn(x_start, timesteps[0])
