@@ -84,8 +84,10 @@ def add_parser(subparsers) -> None:
              "merged into student/ when saved (default 0, full fine-tuning)")
     add("--init-from", default=None,
         help="start the student and critic from another run's checkpoints/step-N folder "
-             "(same teacher), e.g. a one-step student from a four-step run; optimisers, "
-             "step count and data order start fresh")
+             "(same teacher), e.g. a one-step student from a four-step run, or the student "
+             "alone from a student model folder (a run's student/, assets/models/student; "
+             "the critic starts from the teacher); optimisers, step count and data order "
+             "start fresh")
     add("--resume", action="store_true",
         help="continue the run in --out from its newest checkpoint (optimizer, LR schedule, "
              "RNG, data order and step restored)")
@@ -129,13 +131,15 @@ def config_from_args(args) -> tuple[object, set[str]]:
 
 
 def check_init_folder(folder: Path) -> None:
-    """--init-from must name a checkpoint folder with the student and critic weights."""
-    from engine.distill.setup import INIT_FILES
+    """--init-from must name a checkpoint folder (student and critic weights) or a student
+    model folder (unet/ weights)."""
+    from engine.distill.setup import init_sources
 
-    missing = [name for name in INIT_FILES.values() if not (folder / name).is_file()]
+    missing = [path for path in init_sources(folder).values() if not path.is_file()]
     if missing:
-        raise EngineError(f"--init-from {folder} has no {missing[0]}; pass a "
-                          "runs/NAME/checkpoints/step-N folder of a distill run.")
+        raise EngineError(f"--init-from {folder} has no {missing[0].name}; pass a "
+                          "runs/NAME/checkpoints/step-N folder of a distill run or a student "
+                          "model folder.")
 
 
 def prepare_config(args):

@@ -96,15 +96,29 @@ def build_networks(config: DistillConfig, parts: PipelineParts,
 
 # accelerate's save_state names the prepared models in order: student, then critic.
 INIT_FILES = {"student": "model.safetensors", "critic": "model_1.safetensors"}
+STUDENT_UNET_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+def init_sources(folder: Path) -> dict[str, Path]:
+    """What --init-from FOLDER starts from: a checkpoint gives student and critic; a model
+    folder (student/ of a run, assets/models/student) gives the student only, and the critic
+    stays a copy of the teacher (DMD sec. 3.1)."""
+    if (folder / STUDENT_UNET_FILE).is_file():
+        return {"student": folder / STUDENT_UNET_FILE}
+    return {name: folder / file for name, file in INIT_FILES.items()}
 
 
 def load_init_weights(folder: Path, networks: dict[str, torch.nn.Module]) -> None:
-    """Copy a checkpoint's student and critic weights in (--init-from). The critic's GAN head
-    may be absent on either side; every UNet weight must match."""
+    """Copy a checkpoint's student and critic weights, or a model folder's UNet, in
+    (--init-from). The critic's GAN head may be absent on either side; every UNet weight
+    must match."""
     from safetensors.torch import load_file
 
-    for name, network in networks.items():
-        state = load_file(str(folder / INIT_FILES[name]))
+    for name, path in init_sources(folder).items():
+        network = networks[name]
+        state = load_file(str(path))
+        if path.parent.name == "unet":  # diffusers UNet weights: the network's unet. prefix
+            state = {f"unet.{key}": value.float() for key, value in state.items()}
         if name == "critic" and getattr(network, "gan_head", None) is None:
             state = {k: v for k, v in state.items() if not k.startswith("gan_head.")}
         try:

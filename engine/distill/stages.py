@@ -96,7 +96,8 @@ def prepare_assets(trainer: DistillTrainer) -> RunAssets:
             trainer.reporter.stage("making regression pairs", 0, config.regression_pairs)
             pairs = make_regression_pairs(trainer.teacher, trainer.schedule,
                                           trainer.parts.text_encoder, trainer.prompts, meta,
-                                          trainer.device, progress=progress)
+                                          trainer.device, progress=progress,
+                                          batch=256 if trainer.device.type == "cuda" else 16)
             save_pairs(run.path, pairs)
         accelerator.wait_for_everyone()
         assets.pairs = load_cached_pairs(run.path, meta)

@@ -2,6 +2,8 @@
 # Prepare a lent GPU session (run here, from the repo root, on the CPU machine): the emoji
 # latent pack in .gpu/pack and the wheels the GPU image lacks in .whl (both git-ignored).
 # Then call the device tool with: command "bash scripts/gpu/session.sh", carry [".gpu", ".whl"].
+# `prepare.sh refine` also writes .gpu/models for the two-call refine session instead
+# (docs/gpu-session.md).
 set -euo pipefail
 [ -f data/emoji/manifest.json ] || python -m engine data emoji --out data/emoji
 python -c "from engine.embedded.pack import pack_manifest; pack_manifest('.gpu/pack')" \
@@ -11,8 +13,27 @@ version() { python -c "import importlib.metadata as m; print(m.version('$1'))"; 
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux2014_x86_64 -d .whl \
     "diffusers==$(version diffusers)" "emoji==$(version emoji)" importlib_metadata
-# What travels: tracked and untracked-not-ignored files plus the carried folders (<= 64 MiB).
-travel=$( (git ls-files -co --exclude-standard -z | xargs -0 cat 2>/dev/null; \
-           find .gpu .whl -type f -exec cat {} +) | wc -c)
-echo "travels: $((travel / 1048576)) MiB of 64"
-[ "$travel" -lt $((62 * 1048576)) ] || { echo "too big to travel"; exit 1; }
+# What a call sends: tracked and untracked-not-ignored files plus its carried folders
+# (<= 64 MiB); the shipped UNet weights are moved out of the tree for the call.
+WEIGHTS='assets/models/[a-z]*/unet/diffusion_pytorch_model.safetensors'
+travel() {
+    (git ls-files -co --exclude-standard -z | grep -zv "^$WEIGHTS\$" | xargs -0 cat 2>/dev/null
+     find "$@" -type f -exec cat {} +) | wc -c
+}
+check() {
+    local bytes; bytes=$(travel "$@")
+    echo "a call carrying $*: $((bytes / 1048576)) MiB of 64"
+    [ "$bytes" -lt $((62 * 1048576)) ] || { echo "too big to travel"; exit 1; }
+}
+if [ "${1:-}" = refine ]; then  # two calls: bench.sh (pack, wheels), refine.sh (models)
+    teacher=assets/models/teacher/unet/diffusion_pytorch_model.safetensors
+    student=assets/models/student/unet/diffusion_pytorch_model.safetensors
+    mkdir -p .gpu/models
+    python scripts/gpu/delta.py xz "$teacher" .gpu/models/teacher-unet.xz
+    python scripts/gpu/delta.py delta "$teacher" "$student" .gpu/models/student-delta.xz
+    check .gpu/pack .whl
+    check .gpu/models
+else
+    check .gpu .whl
+fi
+echo "move the UNet weights out of the tree for the calls: $WEIGHTS"

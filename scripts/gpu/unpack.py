@@ -1,8 +1,10 @@
 """Turn what a GPU session sent back ($OUT of scripts/gpu/session.sh) into model folders here.
 
 python scripts/gpu/unpack.py FILES_AT [--into runs]
--> runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package), runs/gpu-student/
-   student (loadable student), plus the sessions' logs, samples and metrics.
+-> from session.sh: runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package),
+   runs/gpu-student/student (loadable student); from refine.sh: runs/gpu-refine/student and
+   runs/gpu-refine/student-middle (the shipped teacher + the deltas that came back); plus the
+   sessions' logs, samples and metrics.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 
 def joined_weights(files_at: Path, name: str, target: Path) -> bool:
-    """Concatenate NAME-unet.xz.partNN in order, decompress to target; False if absent."""
-    parts = sorted(files_at.glob(f"{name}-unet.xz.part*"))
+    """Concatenate NAME.xz.partNN in order, decompress to target; False if absent."""
+    parts = sorted(files_at.glob(f"{name}.xz.part*"))
     if not parts:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -33,10 +35,34 @@ def joined_weights(files_at: Path, name: str, target: Path) -> bool:
             out.write(decompressor.decompress(part.read_bytes()))
     if not decompressor.eof:
         temp.unlink()
-        raise SystemExit(f"{name}-unet.xz.part*: the parts end before the xz stream does "
+        raise SystemExit(f"{name}.xz.part*: the parts end before the xz stream does "
                          "(a part did not come back).")
     temp.replace(target)
     return True
+
+
+def unpack_refined(files_at: Path, run: Path) -> None:
+    """refine.sh's deltas + the shipped teacher -> loadable student folders in run."""
+    from delta import applied
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load, load_file
+
+    from engine.distill.run_folder import export_student
+
+    teacher_dir = REPO / "assets" / "models" / "teacher"
+    teacher = load_file(str(teacher_dir / "unet" / WEIGHTS))
+    student_json = json.loads((run / "student" / "student.json").read_text())
+    for name, folder in (("student-delta", "student"), ("middle-delta", "student-middle")):
+        delta_file = run / f"{name}.safetensors"
+        if not joined_weights(files_at, name, delta_file):
+            print(f"no {name} came back")
+            continue
+        unet = UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(str(teacher_dir / "unet")))
+        unet.load_state_dict(applied(teacher, load(delta_file.read_bytes())))
+        delta_file.unlink()
+        export_student(run / folder, teacher_dir, unet, student_json)
+        print(f"{name}: {run / folder}")
 
 
 def main() -> int:
@@ -51,9 +77,12 @@ def main() -> int:
     args = parser.parse_args()
     with tarfile.open(args.files_at / "results.tar.gz") as tar:
         tar.extractall(args.into, filter="data")
+    if (args.into / "gpu-refine").is_dir():
+        unpack_refined(args.files_at, args.into / "gpu-refine")
+        return 0
     teacher_run = args.into / "gpu-teacher"
     unet_dir = teacher_run / "model" / "unet"
-    if not joined_weights(args.files_at, "teacher", unet_dir / WEIGHTS):
+    if not joined_weights(args.files_at, "teacher-unet", unet_dir / WEIGHTS):
         print("no teacher weights came back")
         return 1
     training = json.loads((teacher_run / "model" / "training.json").read_text())
@@ -63,7 +92,7 @@ def main() -> int:
     print(f"teacher: {teacher_dir} (step {training.get('teacher_steps')})")
     student_run = args.into / "gpu-student"
     student_unet_dir = student_run / "student" / "unet"
-    if joined_weights(args.files_at, "student",
+    if joined_weights(args.files_at, "student-unet",
                       student_unet_dir / WEIGHTS):
         student_json = json.loads((student_run / "student" / "student.json").read_text())
         student = UNet2DConditionModel.from_pretrained(str(student_unet_dir))

@@ -117,6 +117,26 @@ def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_di
     assert run_trainer(config) == 2  # and it trains from there
 
 
+def test_init_from_a_student_folder_starts_the_student_there_and_the_critic_at_the_teacher(
+        tiny_model_dir, tmp_path, one_thread):
+    from engine.distill.setup import build_networks
+    from engine.pipeline.loading import load_pipeline
+
+    first = tmp_path / "first"
+    assert run_trainer(tiny_config(tiny_model_dir, first, steps=2, checkpoint_every=2)) == 2
+    student_weights = load_file(first / "student" / "unet" / "diffusion_pytorch_model.safetensors")
+    config = tiny_config(tiny_model_dir, tmp_path / "next", init_from=str(first / "student"),
+                         method="dmd2").resolve()
+    networks = build_networks(config, load_pipeline(tiny_model_dir), torch.device("cpu"))
+    student_unet = networks.student.unet.state_dict()
+    assert all(torch.equal(student_unet[k], v.float()) for k, v in student_weights.items())
+    teacher_unet = load_pipeline(tiny_model_dir).unet.state_dict()
+    critic_unet = networks.critic.unet.state_dict()
+    assert all(torch.equal(critic_unet[k], v.float()) for k, v in teacher_unet.items())
+    assert any(not torch.equal(student_unet[k], v.float()) for k, v in teacher_unet.items())
+    assert run_trainer(config) == 2
+
+
 def test_v_prediction_teacher_runs_one_step(tmp_path, one_thread):
     from engine.pipeline.loading import load_pipeline
     from engine.pipeline.tiny import build_tiny_pipeline

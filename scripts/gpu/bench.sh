@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# First call of a two-call GPU session (runs ON the device, from the repo root; see
+# docs/gpu-session.md, "Refining the shipped student"): installs the carried wheels into
+# /tmp/site and stages the latent pack in /tmp/dmd (both stay while the machine is warm, for
+# scripts/gpu/refine.sh), then benchmarks the SD-1.5-shaped frame into $OUT.
+set -uo pipefail
+OUT=${OUT:?set OUT to the folder that comes back}; PY=${PY:-python3}
+STAGE=${STAGE:-/tmp/dmd}
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+mkdir -p "$STAGE" && rm -rf "$STAGE/pack" && cp -r .gpu/pack "$STAGE/pack" || exit 1
+nvidia-smi -L 2>/dev/null || true
+timeout "${BENCH_SECONDS:-120}" $PY -m engine bench --arch sd15 --device cuda \
+    --compile "${COMPILE:-none}" --json > "$OUT/bench-sd15.json" 2> "$OUT/bench-sd15.log"
+echo "bench exit $?"; cat "$OUT/bench-sd15.json"

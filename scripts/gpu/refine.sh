@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Second call of a two-call GPU session (runs ON the device after scripts/gpu/bench.sh on the
+# same warm machine): rebuilds the shipped teacher and student from the carried .gpu/models
+# (teacher-unet.xz, student-delta.xz; made by scripts/gpu/prepare_refine.sh), continues
+# one-step DMD2 from the student at a GPU batch, and sends back the final student and the
+# middle checkpoint's as fp16 deltas to the teacher (15 MiB parts) plus logs and samples.
+# Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT.
+set -uo pipefail
+OUT=${OUT:?set OUT to the folder that comes back}; PY=${PY:-python3}
+STAGE=${STAGE:-/tmp/dmd}; MINUTES=${MINUTES:-5}; BATCH=${BATCH:-128}; LR=${LR:-3e-5}
+RATIO=${RATIO:-3}; PAIRS=${PAIRS:-2048}; EVERY=${STEPS_PER_CHECKPOINT:-300}
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+[ -f "$STAGE/pack/manifest.json" ] || { echo "no staged pack: run scripts/gpu/bench.sh first"; exit 1; }
+RUN=runs/gpu-refine; TEACHER=$STAGE/teacher; INIT=$STAGE/init-student
+rm -rf "$RUN" "$TEACHER" "$INIT"; mkdir -p "$RUN/logs" "$TEACHER/unet" "$INIT/unet"
+finish() {
+    tar czf "$OUT/results.tar.gz" -C runs --ignore-failed-read gpu-refine/logs \
+        gpu-refine/samples gpu-refine/metrics.jsonl gpu-refine/config.json \
+        gpu-refine/student/student.json 2>/dev/null
+    ls -la "$OUT"
+}
+trap finish EXIT
+W=diffusion_pytorch_model.safetensors
+cp -r assets/models/teacher/{model_index.json,training.json,scheduler,vae} "$TEACHER/"
+cp -r "$STAGE/pack/text_encoder" "$STAGE/pack/tokenizer" "$TEACHER/"  # MiniLM, pruned
+cp assets/models/teacher/unet/config.json "$TEACHER/unet/"
+cp assets/models/student/unet/config.json "$INIT/unet/"
+cp assets/models/student/student.json "$INIT/"
+$PY scripts/gpu/delta.py unxz .gpu/models/teacher-unet.xz "$TEACHER/unet/$W" &&
+$PY scripts/gpu/delta.py apply "$TEACHER/unet/$W" .gpu/models/student-delta.xz "$INIT/unet/$W" ||
+    exit 1
+$PY -m engine distill --teacher "$TEACHER" --out "$RUN" --init-from "$INIT" --method dmd2 \
+    --student-steps 1 --real-data "$STAGE/pack" --device "${DEVICE:-cuda}" --batch "$BATCH" \
+    --lr "$LR" --warmup-steps 100 --critic-ratio "$RATIO" --gan-weight 1e-3 \
+    --regression-weight 0.5 --regression-pairs "$PAIRS" --steps 100000 \
+    --max-minutes "$MINUTES" --checkpoint-every "$EVERY" --keep-checkpoints 100 \
+    --sample-every 300 --progress json > "$RUN/logs/distill.log" 2>&1
+echo "distill exit $?"; grep -v '"event": "progress"' "$RUN/logs/distill.log" | tail -5
+ship() {  # ship WEIGHTS NAME: fp16 delta to the teacher, in 15 MiB parts
+    $PY scripts/gpu/delta.py delta "$TEACHER/unet/$W" "$1" "$STAGE/$2.xz" &&
+        split -b 15M -d "$STAGE/$2.xz" "$OUT/$2.xz.part"
+}
+[ -f "$RUN/student/unet/$W" ] && ship "$RUN/student/unet/$W" student-delta
+mapfile -t points < <(ls -d "$RUN"/checkpoints/step-* 2>/dev/null | sort -t- -k2 -n)
+if [ "${#points[@]}" -ge 3 ]; then  # the middle one (the last is the final student)
+    middle=${points[$(( (${#points[@]} - 1) / 2 ))]}
+    echo "${middle##*/}" > "$RUN/logs/middle.txt"
+    ship "$middle/model.safetensors" middle-delta
+fi
