@@ -48,6 +48,10 @@ def add_parser(subparsers) -> None:
     add("--critic-ratio", type=int, default=None,
         help="critic updates per generator update (DMD2 TTUR; default 1 for dmd, 2 for dmd2; "
              "DMD2 used 10 on SD1.5, 5 on SDXL)")
+    add("--critic-warmup-steps", type=int, default=None,
+        help="train the critic alone for the first N steps (default 0): use it when the "
+             "student starts elsewhere than the teacher (--init-from a student folder), so "
+             "that the fake score fits the student before it moves the student")
     add("--gan-weight", type=float, default=None,
         help="generator GAN weight w_g (dmd2 only); above 0 turns the GAN on, which needs "
              "real images (--real-data, or the emoji dataset for the embedded teacher). "

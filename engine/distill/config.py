@@ -34,6 +34,7 @@ class DistillConfig:
     max_grad_norm: float = 10.0
     guidance: float = 4.0  # teacher CFG scale of the real score and of regression pairs
     critic_ratio: int | None = None  # critic updates per generator update (dmd: 1, dmd2: 2)
+    critic_warmup_steps: int = 0  # first steps train the critic alone (a fresh critic)
     gan_weight: float = 0.0  # generator GAN weight w_g; > 0 turns the GAN on (needs real data)
     gan_critic_weight: float = 1e-2  # weight of the critic's GAN classification loss
     regression_weight: float = 0.25  # lambda_reg; 0 turns the regression loss off
@@ -103,7 +104,8 @@ class DistillConfig:
                      "regression_batch", "sample_count"):
             positive(name, getattr(self, name))
         for name in ("guidance", "gan_weight", "gan_critic_weight", "regression_weight",
-                     "weight_decay", "warmup_steps", "sample_every", "lora_rank"):
+                     "weight_decay", "warmup_steps", "sample_every", "lora_rank",
+                     "critic_warmup_steps"):
             non_negative(name, getattr(self, name))
         if self.student_steps not in STUDENT_STEP_CHOICES:
             raise EngineError(f"--student-steps must be 1, 2 or 4, not {self.student_steps}.")

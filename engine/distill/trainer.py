@@ -220,13 +220,15 @@ class DistillTrainer:
         return self.gan_loss.generator_loss(logits) + 0.0 * output.float().mean()
 
     # -- critic updates ----------------------------------------------------------------------
-    def critic_update(self, step: int, repeat: int, x0: torch.Tensor, text: TextEmbedding,
+    def critic_update(self, step: int, repeat: int, x0: torch.Tensor | None,
+                      text: TextEmbedding | None,
                       conditioning: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Denoising loss on detached student samples (+ GAN classification, DMD2)."""
+        """Denoising loss on detached student samples (+ GAN classification, DMD2); x0 None:
+        draw fresh samples."""
         config = self.config
         rng = step_generator(config.seed, step, f"critic-{repeat}", self.rank)
         position = step * config.critic_ratio + repeat  # this critic update's batch number
-        if repeat > 0:  # TTUR: fresh student samples for the extra critic updates
+        if x0 is None or repeat > 0:  # TTUR: fresh student samples for extra critic updates
             index = self.pick_index(step_generator(config.seed, step, f"shared-{repeat}"))
             text, conditioning = self.draw_batch(position, "critic-prompts")
             with torch.no_grad():
@@ -276,13 +278,18 @@ class DistillTrainer:
         optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        losses, x0, text, conditioning = self.generator_update(step)
+        """One generator update, then critic_ratio critic updates; during the critic warm-up
+        (a critic that starts at the teacher while the student does not) the critic alone."""
+        warming_up = step < self.config.critic_warmup_steps
+        losses, x0, text, conditioning = ({}, None, None, None) if warming_up else \
+            self.generator_update(step)
         for repeat in range(self.config.critic_ratio):
             critic_losses = self.critic_update(step, repeat, x0, text, conditioning)
             if repeat == 0:
                 losses.update(critic_losses)
         self.last_lr = float(self.generator_lr.get_last_lr()[0])  # the LR this step used
-        self.generator_lr.step()
+        if not warming_up:  # the generator's LR warm-up starts with its first update
+            self.generator_lr.step()
         self.critic_lr.step()
         return losses
 

@@ -137,6 +137,30 @@ def test_init_from_a_student_folder_starts_the_student_there_and_the_critic_at_t
     assert run_trainer(config) == 2
 
 
+def test_critic_warmup_trains_the_critic_alone_first(tiny_model_dir, tmp_path, one_thread):
+    from engine.distill.stages import prepare_assets
+    from engine.distill.trainer import DistillTrainer
+
+    config = tiny_config(tiny_model_dir, tmp_path / "run", steps=3, method="dmd2",
+                         critic_warmup_steps=2)
+    trainer = DistillTrainer(config)
+    student = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    critic = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
+
+    def changed(network, before):
+        return any(not torch.equal(v, before[k]) for k, v in network.state_dict().items())
+
+    trainer.run.create()
+    trainer.assets = prepare_assets(trainer)
+    for step in range(2):
+        losses = trainer.train_step(step)
+        assert "critic_denoise" in losses and "dm" not in losses
+    assert changed(trainer.critic, critic) and not changed(trainer.student, student)
+    assert trainer.generator_lr.last_epoch == 0  # its LR warm-up has not started
+    assert "dm" in trainer.train_step(2)
+    assert changed(trainer.student, student)
+
+
 def test_v_prediction_teacher_runs_one_step(tmp_path, one_thread):
     from engine.pipeline.loading import load_pipeline
     from engine.pipeline.tiny import build_tiny_pipeline
