@@ -52,6 +52,10 @@ def add_parser(subparsers) -> None:
         help="train the critic alone for the first N steps (default 0): use it when the "
              "student starts elsewhere than the teacher (--init-from a student folder), so "
              "that the fake score fits the student before it moves the student")
+    add("--ema-decay", type=float, default=None,
+        help="keep an exponential moving average of the student's weights with this decay "
+             "(e.g. 0.99) and write it as student/ and in the sample grids; checkpoints "
+             "hold both (default 0: off)")
     add("--gan-weight", type=float, default=None,
         help="generator GAN weight w_g (dmd2 only); above 0 turns the GAN on, which needs "
              "real images (--real-data, or the emoji dataset for the embedded teacher). "

@@ -35,6 +35,7 @@ class DistillConfig:
     guidance: float = 4.0  # teacher CFG scale of the real score and of regression pairs
     critic_ratio: int | None = None  # critic updates per generator update (dmd: 1, dmd2: 2)
     critic_warmup_steps: int = 0  # first steps train the critic alone (a fresh critic)
+    ema_decay: float = 0.0  # > 0: student/ and samples use an EMA of the student's weights
     gan_weight: float = 0.0  # generator GAN weight w_g; > 0 turns the GAN on (needs real data)
     gan_critic_weight: float = 1e-2  # weight of the critic's GAN classification loss
     regression_weight: float = 0.25  # lambda_reg; 0 turns the regression loss off
@@ -120,6 +121,8 @@ class DistillConfig:
                 isinstance(self.sketch_fraction, int | float) and 0 <= self.sketch_fraction <= 1):
             raise EngineError(f"--sketch-fraction must be between 0 and 1, not "
                               f"{self.sketch_fraction}.")
+        if not (isinstance(self.ema_decay, int | float) and 0 <= self.ema_decay < 1):
+            raise EngineError(f"--ema-decay must be 0 (off) or below 1, not {self.ema_decay}.")
         if not 0 <= self.dm_min_t_fraction < self.dm_max_t_fraction <= 1:
             raise EngineError("The DM timestep range must satisfy 0 <= min < max <= 1.")
         if self.method == "dmd":

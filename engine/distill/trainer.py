@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from engine.distill.data import (
     sketched_count,
     step_generator,
 )
+from engine.distill.ema import StudentEma
 from engine.distill.losses import (
     CriticDenoisingLoss,
     DistributionMatchingLoss,
@@ -80,6 +82,10 @@ class DistillTrainer:
         (self.student, self.critic, self.generator_optimizer,
          self.critic_optimizer) = self.accelerator.prepare(
             networks.student, networks.critic, generator_optimizer, critic_optimizer)
+        self.ema = None
+        if config.ema_decay:
+            self.ema = StudentEma(self.accelerator.unwrap_model(self.student), config.ema_decay)
+            self.accelerator.register_for_checkpointing(self.ema)
         # 3. losses
         self.dm_loss = DistributionMatchingLoss(self.schedule, config.dm_min_t_fraction,
                                                 config.dm_max_t_fraction)
@@ -283,6 +289,8 @@ class DistillTrainer:
         warming_up = step < self.config.critic_warmup_steps
         losses, x0, text, conditioning = ({}, None, None, None) if warming_up else \
             self.generator_update(step)
+        if self.ema is not None and not warming_up:
+            self.ema.update(self.accelerator.unwrap_model(self.student))
         for repeat in range(self.config.critic_ratio):
             critic_losses = self.critic_update(step, repeat, x0, text, conditioning)
             if repeat == 0:
@@ -378,9 +386,16 @@ class DistillTrainer:
                                      "it_s": round(it_s, 4), "eta_s": round(eta, 1)})
         self.reporter.progress(step, self.config.steps, values, lr, it_s, eta)
 
+    def averaged_student(self):
+        """A block in which the student holds its EMA weights (none without --ema-decay)."""
+        if self.ema is None:
+            return nullcontext()
+        return self.ema.applied(self.accelerator.unwrap_model(self.student))
+
     def write_samples(self, step: int, fixed_prompts: list[str]) -> Path:
         path = self.run.sample_path(step)
-        sample_grid(self, fixed_prompts, path)  # every rank samples; main writes
+        with self.averaged_student():
+            sample_grid(self, fixed_prompts, path)  # every rank samples; main writes
         if self.accelerator.is_main_process:
             self.reporter.sample(step, str(path))
         return path
@@ -395,6 +410,7 @@ class DistillTrainer:
             "teacher": self.config.teacher, "method": self.config.method,
             "training_steps": step, "config": self.config.to_dict(), "metrics": {},
         }
-        export_student_folder(self, student_json)
+        with self.averaged_student():
+            export_student_folder(self, student_json)
         if self.accelerator.is_main_process:
             self.reporter.checkpoint(step, str(folder), str(self.run.student_dir))

@@ -66,7 +66,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, real_images_dir,
                                                                tmp_path, one_thread):
     options = dict(method="dmd2", student_steps=4, critic_ratio=2, gan_weight=1e-2,
-                   real_data=str(real_images_dir))
+                   real_data=str(real_images_dir), ema_decay=0.5)
     straight = tmp_path / "straight"
     events = io.StringIO()
     assert run_trainer(tiny_config(tiny_model_dir, straight, steps=4, **options), events) == 4
@@ -80,6 +80,12 @@ def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, r
         assert expected.keys() == actual.keys()
         for key in expected:
             assert torch.equal(expected[key], actual[key]), key
+    # student/ holds the EMA (resumed exactly from the checkpoint), not the last weights
+    unet_file = Path("student") / "unet" / "diffusion_pytorch_model.safetensors"
+    averaged = load_file(resumed / unet_file)
+    assert all(torch.equal(averaged[k], v) for k, v in load_file(straight / unet_file).items())
+    last = load_file(resumed / "checkpoints" / "step-4" / "model.safetensors")
+    assert any(not torch.equal(v, last[f"unet.{k}"].half()) for k, v in averaged.items())
     metrics = (resumed / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in metrics]
     assert steps == [1, 2, 3, 4]
