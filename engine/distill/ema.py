@@ -1,8 +1,8 @@
 """Exponential moving average of the student's weights (Polyak averaging, as in EDM's EMA).
 
-One-step DMD students wander from checkpoint to checkpoint (on the embedded model the
-one-step fd of successive checkpoints moved by +-0.05); the average of the recent weights
-is steadier and scored better than each of the checkpoints it averaged. The EMA is saved
+One-step DMD students wander from checkpoint to checkpoint: on the embedded model the
+one-step fd of successive checkpoints 100 steps apart moved by up to 0.12, and the plain
+average of three checkpoints scored 0.274 where each alone scored 0.30-0.33. The EMA is saved
 with every checkpoint (accelerate's custom state), so --resume continues it exactly, and
 student/ and the sample grids show the averaged weights.
 """

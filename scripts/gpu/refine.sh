@@ -4,11 +4,14 @@
 # (teacher-unet.xz, student-delta.xz; made by scripts/gpu/prepare_refine.sh), continues
 # one-step DMD2 from the student at a GPU batch, and sends back the final student and the
 # middle checkpoint's as fp16 deltas to the teacher (15 MiB parts) plus logs and samples.
-# Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT.
+# Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT, CRITIC_WARMUP, EMA.
+# Session 5 ran BATCH=128 at ~1.2 steps/s, probably bound by kernel launches (not profiled; a 17M UNet
+# on 16x16 latents), so a larger batch should cost little more time per step.
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}; PY=${PY:-python3}
-STAGE=${STAGE:-/tmp/dmd}; MINUTES=${MINUTES:-5}; BATCH=${BATCH:-128}; LR=${LR:-3e-5}
-RATIO=${RATIO:-3}; PAIRS=${PAIRS:-2048}; EVERY=${STEPS_PER_CHECKPOINT:-300}
+STAGE=${STAGE:-/tmp/dmd}; MINUTES=${MINUTES:-5}; BATCH=${BATCH:-512}; LR=${LR:-3e-5}
+RATIO=${RATIO:-3}; PAIRS=${PAIRS:-2048}; EVERY=${STEPS_PER_CHECKPOINT:-200}
+CRITIC_WARMUP=${CRITIC_WARMUP:-100}; EMA=${EMA:-0.99}
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 [ -f "$STAGE/pack/manifest.json" ] || { echo "no staged pack: run scripts/gpu/bench.sh first"; exit 1; }
@@ -33,6 +36,7 @@ $PY scripts/gpu/delta.py apply "$TEACHER/unet/$W" .gpu/models/student-delta.xz "
 $PY -m engine distill --teacher "$TEACHER" --out "$RUN" --init-from "$INIT" --method dmd2 \
     --student-steps 1 --real-data "$STAGE/pack" --device "${DEVICE:-cuda}" --batch "$BATCH" \
     --lr "$LR" --warmup-steps 100 --critic-ratio "$RATIO" --gan-weight 1e-3 \
+    --critic-warmup-steps "$CRITIC_WARMUP" --ema-decay "$EMA" \
     --regression-weight 0.5 --regression-pairs "$PAIRS" --steps 100000 \
     --max-minutes "$MINUTES" --checkpoint-every "$EVERY" --keep-checkpoints 100 \
     --sample-every 300 --progress json > "$RUN/logs/distill.log" 2>&1
