@@ -77,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     with tarfile.open(args.files_at / "results.tar.gz") as tar:
         tar.extractall(args.into, filter="data")
-    if (args.into / "gpu-refine").is_dir():
+    if any(args.files_at.glob("student-delta.xz.part*")):  # refine.sh sent these
         unpack_refined(args.files_at, args.into / "gpu-refine")
         return 0
     teacher_run = args.into / "gpu-teacher"
