@@ -117,7 +117,7 @@ def load_init_weights(folder: Path, networks: dict[str, torch.nn.Module]) -> Non
     for name, path in init_sources(folder).items():
         network = networks[name]
         state = load_file(str(path))
-        if path.parent.name == "unet":  # diffusers UNet weights: the network's unet. prefix
+        if path.name == STUDENT_UNET_FILE.name:  # diffusers UNet weights: add the unet. prefix
             state = {f"unet.{key}": value.float() for key, value in state.items()}
         if name == "critic" and getattr(network, "gan_head", None) is None:
             state = {k: v for k, v in state.items() if not k.startswith("gan_head.")}

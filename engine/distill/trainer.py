@@ -287,10 +287,12 @@ class DistillTrainer:
         """One generator update, then critic_ratio critic updates; during the critic warm-up
         (a critic that starts at the teacher while the student does not) the critic alone."""
         warming_up = step < self.config.critic_warmup_steps
-        losses, x0, text, conditioning = ({}, None, None, None) if warming_up else \
-            self.generator_update(step)
-        if self.ema is not None and not warming_up:
-            self.ema.update(self.accelerator.unwrap_model(self.student))
+        if warming_up:  # critic updates draw their own student samples
+            losses, x0, text, conditioning = {}, None, None, None
+        else:
+            losses, x0, text, conditioning = self.generator_update(step)
+            if self.ema is not None:
+                self.ema.update(self.accelerator.unwrap_model(self.student))
         for repeat in range(self.config.critic_ratio):
             critic_losses = self.critic_update(step, repeat, x0, text, conditioning)
             if repeat == 0:
