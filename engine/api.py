@@ -44,10 +44,12 @@ class GenerateRequest:
     preview_steps: int = 0  # live only: 0 off; N < steps: an N-step frame first, then steps
     request_id: int = 0  # set by GenerationService.submit
 
-    def preview(self) -> GenerateRequest | None:
+    def preview(self, sketch_edits: bool = False) -> GenerateRequest | None:
         """The quick first frame of a progressive request, or None when there is none: no
-        preview asked, a teacher request, or an image edit (its steps follow the strength)."""
-        edits = self.init_image is not None and self.strength < 1.0
+        preview asked, a teacher request, or an image edit (its steps follow the strength).
+        sketch_edits: the model has no sketch channels, so a sketch is edited like an image."""
+        edited = self.init_image is not None or (sketch_edits and self.sketch is not None)
+        edits = edited and self.strength < 1.0
         if self.teacher_steps or edits or not 0 < self.preview_steps < self.steps:
             return None
         return replace(self, steps=self.preview_steps, preview_steps=0)

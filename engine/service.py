@@ -122,7 +122,8 @@ class GenerationService:
             request, generator = self._take()
             if request is None:
                 return
-            preview = request.preview()
+            sketch_edits = not getattr(generator.backend, "conditioning_channels", 0)
+            preview = request.preview(sketch_edits)
             if preview is not None:
                 first = self._execute(generator, preview, preview=True, asked=request)
                 self._deliver(first)

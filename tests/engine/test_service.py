@@ -4,6 +4,7 @@ don't kill it."""
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,6 +157,26 @@ def test_previews_only_where_steps_decide_the_image():
                            strength=0.5).preview() is None
     assert GenerateRequest("a", steps=4, preview_steps=1, init_image=image,
                            strength=1.0).preview() is not None
+    # A sketch is an edit only on a model without sketch channels, and only below strength 1.
+    sketched = GenerateRequest("a", steps=4, preview_steps=1, sketch=image, strength=0.5)
+    assert sketched.preview(sketch_edits=False) is not None
+    assert sketched.preview(sketch_edits=True) is None
+    assert replace(sketched, strength=1.0).preview(sketch_edits=True) is not None
+
+
+@pytest.mark.parametrize("channels, expected_steps", [(0, [4]), (4, [1, 4])])
+def test_a_sketch_edit_on_a_model_without_sketch_channels_runs_once(no_thread_leak, channels,
+                                                                     expected_steps):
+    generator, collector = SteppingGenerator(), Collector()
+    generator.backend.conditioning_channels = channels
+    service = GenerationService(generator, collector, refine_delay_s=0.05)
+    sketch = np.zeros((8, 8, 3), np.uint8)
+    service.submit(GenerateRequest("cat", steps=4, preview_steps=1, sketch=sketch, strength=0.6))
+    assert wait_for(lambda: len(collector.results) == len(expected_steps))
+    threading.Event().wait(0.1)
+    service.close()
+    assert [steps for _, steps, _ in generator.runs] == expected_steps
+    assert [r.preview for r in collector.results] == [True] * (len(expected_steps) - 1) + [False]
 
 
 def test_a_backend_exception_becomes_a_failed_result_and_the_worker_lives(service_parts):
