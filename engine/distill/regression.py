@@ -93,9 +93,11 @@ def save_pairs(run_dir: Path, pairs: RegressionPairs) -> None:
     tmp.replace(path)
 
 
-def regression_batch(pairs: RegressionPairs, indices: list[int], text_encoder: TextEncoder,
-                     device: torch.device) -> tuple[torch.Tensor, TextEmbedding, torch.Tensor]:
-    """(noise, text, x0_ref) for the given pair indices, on device."""
+def regression_batch(pairs: RegressionPairs, indices: list[int],
+                     encode: Callable[[list[str]], TextEmbedding], device: torch.device
+                     ) -> tuple[torch.Tensor, TextEmbedding, torch.Tensor]:
+    """(noise, text, x0_ref) for the given pair indices, on device; encode(prompts) gives
+    the text on device in float32."""
     index = torch.tensor(indices)
-    text = text_encoder.encode([pairs.prompts[i] for i in indices]).to(device, torch.float32)
+    text = encode([pairs.prompts[i] for i in indices])
     return pairs.noise[index].to(device), text, pairs.x0[index].to(device)

@@ -41,6 +41,7 @@ from engine.distill.networks import cfg_x0_function, x0_function
 from engine.distill.progress import ProgressReporter
 from engine.distill.run_folder import RunFolder
 from engine.distill.stages import RunAssets, export_student_folder, prepare_assets, sample_grid
+from engine.distill.text_cache import CaptionEmbeddings
 from engine.pipeline.schedule import student_timesteps
 from engine.pipeline.text import TextEmbedding
 
@@ -95,6 +96,7 @@ class DistillTrainer:
         # 4. prompts, unconditional embedding, share of sketch-conditioned samples (resolved
         #    here so config.json and resumes record the value used)
         self.prompts = default_prompts(config.teacher, config.prompts, config.real_data)
+        self.captions = CaptionEmbeddings(self.parts.text_encoder, self.device, self.prompts)
         self.uncond = self.encode([""])
         config.sketch_fraction = self.sketch_fraction = resolve_sketch_fraction(
             config, self.parts.conditioning_channels, self.parts.latent_channels)
@@ -110,7 +112,7 @@ class DistillTrainer:
         return self.accelerator.num_processes
 
     def encode(self, prompts: list[str]) -> TextEmbedding:
-        return self.parts.text_encoder.encode(prompts).to(self.device, torch.float32)
+        return self.captions(prompts)
 
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
         size = self.parts.latent_size
@@ -186,7 +188,7 @@ class DistillTrainer:
             from engine.distill.regression import regression_batch
 
             reg_noise, reg_text, reg_x0_ref = regression_batch(
-                pairs, pair_ids, self.parts.text_encoder, self.device)
+                pairs, pair_ids, self.encode, self.device)
             x_in = torch.cat([x_t, reg_noise])
             t_in = torch.cat([t, self.full_t(self.timesteps[0], len(pair_ids))])
             text_in = TextEmbedding.cat([text, reg_text])
