@@ -119,6 +119,23 @@ class DistillPanel(QGroupBox):
         self.student_steps_combo.setCurrentIndex({1: 0, 2: 1, 4: 2}.get(values.student_steps, 0))
         self.student_steps_combo.setToolTip("Steps of the student generator (more than 1 needs "
                                             "DMD2: backward simulation). Default 1.")
+        self.init_edit = QLineEdit(values.init_from)
+        self.init_edit.setPlaceholderText("the teacher (a new student)")
+        self.init_edit.setToolTip("Fine-tune an existing student: its model folder (e.g. "
+                                  "assets/models/student) or a run's checkpoints/step-N folder. "
+                                  "Empty: the student starts as a copy of the teacher.")
+        self.init_browse = QPushButton("Browse…")
+        self.init_browse.clicked.connect(self._browse_init)
+        init_row = QHBoxLayout()
+        init_row.addWidget(self.init_edit, 1)
+        init_row.addWidget(self.init_browse)
+        self.warmup_spin = spin(0, 1_000_000, values.critic_warmup_steps, "Steps that train "
+                                "the critic alone before the student moves; useful when "
+                                "fine-tuning, where the critic starts as the teacher. Default 0.")
+        self.ema_spin = spin(0.0, 0.9999, values.ema_decay, "Decay of a moving average of the "
+                             "student's weights, used for student/ and the samples; 0 turns it "
+                             "off. 0.99 steadied one-step fine-tuning here. Default 0.",
+                             decimals=4, step=0.01)
         self.out_edit = QLineEdit(values.out_dir)
         self.out_edit.setPlaceholderText("runs/distill-<time> (a new run folder)")
         self.out_browse = QPushButton("Browse…")
@@ -135,6 +152,9 @@ class DistillPanel(QGroupBox):
                               ("Regression weight", self.regression_spin),
                               ("Student steps", self.student_steps_combo)):
             form.addRow(label, widget)
+        form.addRow("Start from", init_row)
+        form.addRow("Critic warm-up", self.warmup_spin)
+        form.addRow("EMA decay", self.ema_spin)
         form.addRow("Output folder", out_row)
         self.extra_edit = QLineEdit(values.extra_flags)
         self.extra_edit.setPlaceholderText("e.g. --real-data data/emoji --sample-every 50")
@@ -204,8 +224,10 @@ class DistillPanel(QGroupBox):
             batch=self.batch_spin.value(), lr=self.lr_spin.value(),
             guidance=self.guidance_spin.value(), critic_ratio=self.critic_spin.value(),
             gan_weight=self.gan_spin.value(), regression_weight=self.regression_spin.value(),
-            student_steps=int(self.student_steps_combo.currentData()), resume=resume,
-            extra=extra,
+            student_steps=int(self.student_steps_combo.currentData()),
+            init_from=self.init_edit.text().strip(),
+            critic_warmup_steps=self.warmup_spin.value(), ema_decay=self.ema_spin.value(),
+            resume=resume, extra=extra,
         )
 
     def start(self, resume: bool = False) -> None:
@@ -327,6 +349,12 @@ class DistillPanel(QGroupBox):
         if folder:
             self.out_edit.setText(folder)
 
+    def _browse_init(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Student or checkpoint folder",
+                                                  self.init_edit.text() or str(REPO_ROOT))
+        if folder:
+            self.init_edit.setText(folder)
+
     def store_settings(self) -> None:
         self.settings.distill = DistillSettings(
             teacher=self.teacher_picker.value() or "embedded",
@@ -335,6 +363,8 @@ class DistillPanel(QGroupBox):
             guidance=self.guidance_spin.value(), critic_ratio=self.critic_spin.value(),
             gan_weight=self.gan_spin.value(), regression_weight=self.regression_spin.value(),
             student_steps=int(self.student_steps_combo.currentData()),
+            init_from=self.init_edit.text().strip(),
+            critic_warmup_steps=self.warmup_spin.value(), ema_decay=self.ema_spin.value(),
             out_dir=self.out_edit.text().strip(), extra_flags=self.extra_edit.text().strip())
         if self.out_edit.text().strip():
             self.settings.last_run_folder = str(Path(self.out_edit.text().strip()).parent)

@@ -40,6 +40,9 @@ class DistillOptions:
     gan_weight: float = 0.0  # DMD2 GAN weight; > 0 needs real images
     regression_weight: float = 0.25  # DMD regression loss weight; 0 turns it off
     student_steps: int = 1  # 1, 2 or 4
+    init_from: str = ""  # a student model or checkpoint folder ("": start from the teacher)
+    critic_warmup_steps: int = 0  # first steps train the critic alone
+    ema_decay: float = 0.0  # 0: off
     resume: bool = False  # continue the run in out_dir from its newest checkpoint
     extra: tuple[str, ...] = ()  # further flags, e.g. ("--real-data", "data/emoji")
 
@@ -52,6 +55,12 @@ class DistillOptions:
             "--regression-weight", repr(self.regression_weight),
             "--student-steps", str(self.student_steps), "--progress", "json",
         ]
+        if self.init_from:
+            arguments += ["--init-from", self.init_from]
+        if self.critic_warmup_steps:
+            arguments += ["--critic-warmup-steps", str(self.critic_warmup_steps)]
+        if self.ema_decay:
+            arguments += ["--ema-decay", repr(self.ema_decay)]
         return arguments + (["--resume"] if self.resume else []) + list(self.extra)
 
 

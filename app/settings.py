@@ -33,6 +33,9 @@ class DistillSettings:
     gan_weight: float = 0.0  # DMD2 GAN weight (0: off; > 0 needs real images)
     regression_weight: float = 0.25  # DMD regression loss weight (0: off)
     student_steps: int = 1  # 1, 2 or 4
+    init_from: str = ""  # a student model or checkpoint folder to fine-tune ("": the teacher)
+    critic_warmup_steps: int = 0  # first steps train the critic alone
+    ema_decay: float = 0.0  # 0: off; e.g. 0.99: student/ holds a moving average of the weights
     out_dir: str = ""  # run folder
     extra_flags: str = ""  # appended to the command line (shell-style quoting)
 

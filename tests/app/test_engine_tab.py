@@ -43,6 +43,23 @@ def test_progress_lines_are_parsed_and_log_lines_are_not():
     assert arguments[-3:] == ["--progress", "json", "--resume"]
 
 
+def test_fine_tuning_fields_reach_the_command_line_only_when_set(qtbot, make_window):
+    panel = make_window().engine_tab.distill_panel
+    plain = panel.options(resume=False).arguments()
+    assert not {"--init-from", "--critic-warmup-steps", "--ema-decay"} & set(plain)
+    panel.init_edit.setText(" assets/models/student ")
+    panel.warmup_spin.setValue(100)
+    panel.ema_spin.setValue(0.99)
+    arguments = panel.options(resume=False).arguments()
+    for flag, value in (("--init-from", "assets/models/student"),
+                        ("--critic-warmup-steps", "100"), ("--ema-decay", "0.99")):
+        assert arguments[arguments.index(flag) + 1] == value
+    panel.store_settings()
+    stored = panel.settings.distill
+    assert (stored.init_from, stored.critic_warmup_steps, stored.ema_decay) == \
+        ("assets/models/student", 100, 0.99)
+
+
 def test_onnx_backend_is_greyed_out_with_a_reason_when_absent(qtbot, make_window):
     window = make_window()
     combo = window.engine_tab.model_panel.backend_combo
