@@ -145,3 +145,32 @@ def bench_args(**overrides):
     defaults = {"model": None, "backend": "onnx", "device": "cpu", "repeats": 1, "threads": None,
                 "json": True, "label": "", "arch": None, "compile": "none", "force": False}
     return argparse.Namespace(**{**defaults, **overrides})
+
+
+@pytest.mark.parametrize("text_inside", [False, True])
+def test_the_graph_frame_draws_what_the_generator_draws(tmp_path, text_inside):
+    """The frame captured in CUDA graphs, run eagerly on the CPU: the same image as the
+    engine's one-step path for the same noise, and set_prompt switches prompts in place."""
+    import torch
+
+    from engine.bench.gpu import build_arch_folder, static_frame
+    from engine.pipeline.generator import Generator
+    from engine.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend.load(str(build_arch_folder("tiny-sd", tmp_path / "tiny")), "cpu")
+    generator = Generator(backend)
+    x_t = generator.noise_source(3)((1, backend.latent_channels, backend.latent_size,
+                                     backend.latent_size))
+
+    def expected(prompt):
+        x0 = generator.x0_function(generator.encode_prompt(prompt), None)(x_t, 999)
+        return backend.decode(x0)
+
+    frame, set_prompt = static_frame(backend, "red apple", x_t, text_inside)
+    with torch.inference_mode():
+        first = frame()
+        set_prompt("blue car")
+        second = frame()
+    assert torch.allclose(first, expected("red apple"), atol=1e-5)
+    assert torch.allclose(second, expected("blue car"), atol=1e-5)
+    assert (first - second).abs().max() > 1e-3
