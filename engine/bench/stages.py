@@ -88,13 +88,16 @@ def find_teacher(student_config: dict, model_dir: Path) -> Path | None:
 
 def student_vs_teacher(generator, teacher_generator, repeats: int,
                        teacher_repeats: int) -> dict[str, float]:
-    """Student at 1 and 4 steps vs the teacher's 50-step DDIM with CFG, end to end."""
+    """Student at 1, 2 and 4 steps vs the teacher's 50-step DDIM with CFG, end to end."""
     prompt = PROMPTS[1]
     student_1 = generate_ms(generator, GenerateRequest(prompt, steps=1), repeats)
+    student_2 = generate_ms(generator, GenerateRequest(prompt, steps=2), repeats)
     student_4 = generate_ms(generator, GenerateRequest(prompt, steps=4), repeats)
     teacher_request = GenerateRequest(prompt, teacher_steps=TEACHER_STEPS, guidance=GUIDANCE)
     teacher = generate_ms(teacher_generator, teacher_request, teacher_repeats, warm_up=0)
-    return {"student_ms": student_1, "student_4step_ms": student_4, "teacher_ms": teacher,
+    return {"student_ms": student_1, "student_2step_ms": student_2,
+            "student_4step_ms": student_4, "teacher_ms": teacher,
             "teacher_steps": TEACHER_STEPS, "teacher_guidance": GUIDANCE,
             "speedup_vs_teacher": teacher / student_1,
+            "speedup_2step_vs_teacher": teacher / student_2,
             "speedup_4step_vs_teacher": teacher / student_4}

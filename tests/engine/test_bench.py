@@ -18,7 +18,8 @@ from engine.bench.timing import median_ms, peak_rss_mb, percentile
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER_KEYS = ("threads", "keystroke_p50_ms", "keystroke_p95_ms", "student_ms", "teacher_ms",
                "speedup_vs_teacher", "peak_rss_mb", "text_ms", "unet_ms", "decode_ms",
-               "student_4step_ms", "keystroke_burst_p50_ms", "keystroke_burst_p95_ms",
+               "student_2step_ms", "student_4step_ms", "speedup_2step_vs_teacher",
+               "keystroke_burst_p50_ms", "keystroke_burst_p95_ms",
                "encode_image_ms", "load_s", "image_size", "latent_size", "keystroke_steps",
                "keystroke_settle_ms")
 
