@@ -48,6 +48,9 @@ def add_parser(subparsers) -> None:
     add("--critic-ratio", type=int, default=None,
         help="critic updates per generator update (DMD2 TTUR; default 1 for dmd, 2 for dmd2; "
              "DMD2 used 10 on SD1.5, 5 on SDXL)")
+    add("--critic-lr", type=float, default=None,
+        help="the critic's own AdamW learning rate (default: --lr, as in DMD2); a higher one "
+             "lets a critic that starts at the teacher catch up with a fine-tuned student")
     add("--critic-warmup-steps", type=int, default=None,
         help="train the critic alone for the first N steps (default 0): use it when the "
              "student starts elsewhere than the teacher (--init-from a student folder), so "

@@ -29,6 +29,7 @@ class DistillConfig:
     steps: int = 2000  # generator updates
     batch: int = 16  # student samples per process and step
     lr: float = 5e-5  # generator and critic learning rate (AdamW)
+    critic_lr: float | None = None  # the critic's own learning rate (None: lr)
     warmup_steps: int = 500  # linear LR warm-up, clamped to steps
     weight_decay: float = 0.01
     max_grad_norm: float = 10.0
@@ -104,6 +105,8 @@ class DistillConfig:
                      "keep_checkpoints", "checkpoint_every", "regression_ddim_steps",
                      "regression_batch", "sample_count"):
             positive(name, getattr(self, name))
+        if self.critic_lr is not None:
+            positive("critic_lr", self.critic_lr)
         for name in ("guidance", "gan_weight", "gan_critic_weight", "regression_weight",
                      "weight_decay", "warmup_steps", "sample_every", "lora_rank",
                      "critic_warmup_steps"):

@@ -141,9 +141,9 @@ def constant_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(parameters, config: DistillConfig) -> torch.optim.Optimizer:
-    """AdamW(0.9, 0.999), weight decay 0.01 (DMD2 sec. 5); generator lr = critic lr."""
-    return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=config.lr,
+def make_optimizer(parameters, config: DistillConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW(0.9, 0.999), weight decay 0.01 (DMD2 sec. 5; there generator lr = critic lr)."""
+    return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr,
                              betas=(0.9, 0.999), weight_decay=config.weight_decay)
 
 

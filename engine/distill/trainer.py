@@ -72,8 +72,10 @@ class DistillTrainer:
         set_seed(config.seed)  # GAN head and LoRA initialisation (identical on every rank)
         networks = setup.build_networks(config, self.parts, self.device)
         self.teacher = networks.teacher
-        generator_optimizer = setup.make_optimizer(networks.student.parameters(), config)
-        critic_optimizer = setup.make_optimizer(networks.critic.parameters(), config)
+        generator_optimizer = setup.make_optimizer(networks.student.parameters(), config,
+                                                   config.lr)
+        critic_optimizer = setup.make_optimizer(networks.critic.parameters(), config,
+                                                config.critic_lr or config.lr)
         self.generator_lr = setup.constant_with_warmup(generator_optimizer,
                                                        config.effective_warmup)
         self.critic_lr = setup.constant_with_warmup(critic_optimizer, config.effective_warmup)

@@ -148,8 +148,10 @@ def test_critic_warmup_trains_the_critic_alone_first(tiny_model_dir, tmp_path, o
     from engine.distill.trainer import DistillTrainer
 
     config = tiny_config(tiny_model_dir, tmp_path / "run", steps=3, method="dmd2",
-                         critic_warmup_steps=2)
+                         critic_warmup_steps=2, critic_lr=3e-3)
     trainer = DistillTrainer(config)
+    assert [trainer.generator_optimizer.param_groups[0]["initial_lr"],
+            trainer.critic_optimizer.param_groups[0]["initial_lr"]] == [1e-3, 3e-3]
     student = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     critic = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
 
@@ -205,6 +207,7 @@ def test_lora_student_is_merged_into_a_plain_unet(tiny_sketch_model_dir):
 # -- CLI -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("flags", "message"), [
     (["--lr=-1"], "--lr must be positive"),
+    (["--critic-lr", "0"], "--critic-lr must be positive"),
     (["--method", "gan"], "Unknown method"),
     (["--max-minutes", "0"], "--max-minutes must be positive"),
     (["--teacher", "NO_UNET"], "has no unet/ folder"),
