@@ -73,7 +73,6 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
     decoded; frame() reads only tensors allocated here, so one CUDA graph can capture it.
     set_prompt(p) refreshes the text input in place: the token ids when the text encoder is
     inside the frame, else its states, encoded eagerly."""
-    from engine.pipeline.schedule import x0_from_eps, x0_from_v
     from engine.pipeline.text import encode_tokens
 
     parts, device, dtype = backend.parts, backend.device, backend.dtype
@@ -105,13 +104,7 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
             text_states, text_pooled = states, pooled
         output = parts.unet(x_in, t, encoder_hidden_states=text_states,
                             class_labels=text_pooled if parts.uses_pooled_text else None).sample
-        output, x_float = output.float(), x_t.float()
-        if schedule.prediction_type == "epsilon":
-            x0 = x0_from_eps(x_float, output, abar)
-        elif schedule.prediction_type == "v_prediction":
-            x0 = x0_from_v(x_float, output, abar)
-        else:
-            x0 = output
+        x0 = schedule.output_to_x0(output.float(), x_t.float(), abar)
         return parts.vae.decode((x0 / parts.latent_scale).to(dtype)).sample.clamp(-1, 1)
 
     return frame, set_prompt

@@ -3,10 +3,9 @@ of captions a step, mostly repeats of a few thousand prompts."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
+from engine.pipeline.generator import LruCache
 from engine.pipeline.text import TextEmbedding, TextEncoder
 
 
@@ -23,11 +22,11 @@ class CaptionEmbeddings:
         if capacity < chunk or chunk < 1:
             raise ValueError("need 1 <= chunk <= capacity")
         self.text_encoder, self.device = text_encoder, device
-        self.table, self.chunk, self.capacity = list(table), chunk, capacity
+        self.table, self.chunk = list(table), chunk
         self.position = {}
         for index, caption in enumerate(self.table):
             self.position.setdefault(caption, index)
-        self.entries: OrderedDict[str, TextEmbedding] = OrderedDict()
+        self.entries = LruCache(capacity)
         self.batches = 0  # encoder calls so far
 
     def __len__(self) -> int:
@@ -38,22 +37,20 @@ class CaptionEmbeddings:
             embedded = self.text_encoder.encode(captions).to(self.device, torch.float32)
         self.batches += 1
         for row, caption in enumerate(captions):
-            self.entries[caption] = TextEmbedding(embedded.token_states[row:row + 1].clone(),
-                                                  embedded.pooled[row:row + 1].clone())
-            self.entries.move_to_end(caption)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
+            self.entries.put(caption, TextEmbedding(embedded.token_states[row:row + 1].clone(),
+                                                    embedded.pooled[row:row + 1].clone()))
 
     def one(self, caption: str) -> TextEmbedding:
-        if caption not in self.entries:
+        entry = self.entries.get(caption)
+        if entry is None:
             index = self.position.get(caption)
             if index is None:
                 self._encode([caption])
             else:
                 start = index - index % self.chunk
                 self._encode(list(dict.fromkeys(self.table[start:start + self.chunk])))
-        self.entries.move_to_end(caption)
-        return self.entries[caption]
+            entry = self.entries.get(caption)
+        return entry
 
     def __call__(self, captions: list[str]) -> TextEmbedding:
         return TextEmbedding.cat([self.one(caption) for caption in captions])

@@ -82,12 +82,17 @@ class NoiseSchedule:
         """x0 from the model output, computed in float32 at least (eps, v or sample)."""
         dtype = torch.promote_types(x_t.dtype, torch.float32)
         out, x_t = model_output.to(dtype), x_t.to(dtype)
-        abar = self.abar(t, x_t)
+        return self.output_to_x0(out, x_t, self.abar(t, x_t))
+
+    def output_to_x0(self, model_output: torch.Tensor, x_t: torch.Tensor,
+                     abar: torch.Tensor) -> torch.Tensor:
+        """x0 from the model output given alphas_cumprod already on x_t's device (no host
+        lookup, so a CUDA graph can capture it)."""
         if self.prediction_type == "epsilon":
-            return x0_from_eps(x_t, out, abar)
+            return x0_from_eps(x_t, model_output, abar)
         if self.prediction_type == "v_prediction":
-            return x0_from_v(x_t, out, abar)
-        return out
+            return x0_from_v(x_t, model_output, abar)
+        return model_output
 
     def to_eps(self, model_output: torch.Tensor, x_t: torch.Tensor,
                t: torch.Tensor) -> torch.Tensor:
