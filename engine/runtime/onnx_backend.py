@@ -105,8 +105,10 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between runs: the GUI thread shares these cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin inside a run (2-thread ops wake faster) but stop when it ends,
+        # so the Python glue and the GUI thread get the cores between runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         provider_args = [self.provider_options(p) for p in providers]
         self.sessions = {
             part: ort.InferenceSession(str(folder / entry["file"]), sess_options=options,
