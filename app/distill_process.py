@@ -54,6 +54,7 @@ class DistillOptions:
             "--gan-weight", repr(self.gan_weight),
             "--regression-weight", repr(self.regression_weight),
             "--student-steps", str(self.student_steps), "--progress", "json",
+            "--low-priority",  # the live canvas shares these cores and must stay fast
         ]
         if self.init_from:
             arguments += ["--init-from", self.init_from]

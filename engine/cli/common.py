@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from engine.api import EngineError
 from engine.pipeline.loading import default_model
@@ -28,3 +29,21 @@ def load_cli_generator(args: argparse.Namespace):
     from engine.runtime import create_backend
 
     return Generator(create_backend(model_or_default(args.model), args.backend, args.device))
+
+
+BACKGROUND_NICENESS = 10
+
+
+def lower_cpu_priority() -> bool:
+    """Run this process (and the threads it starts later) below normal CPU priority, so that
+    interactive work on the same cores comes first; False where the OS offers no way."""
+    if hasattr(os, "nice"):
+        os.nice(BACKGROUND_NICENESS)
+        return True
+    try:
+        import psutil
+
+        psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)  # Windows
+        return True
+    except (ImportError, AttributeError, OSError):
+        return False

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.api import EngineError
+from engine.cli.common import lower_cpu_priority
 
 DESCRIPTION = """\
 Distill a diffusion teacher into a one-step (or few-step) student with Distribution
@@ -118,6 +119,9 @@ def add_parser(subparsers) -> None:
         help="stop after this many minutes (counted once the teacher is loaded, making "
              "regression pairs included) as Ctrl-C would: checkpoint, student/, exit 0; "
              "--resume goes on later")
+    add("--low-priority", action="store_true",
+        help="run below normal CPU priority (nice +10), so that a live canvas on the same "
+             "cores stays fast; the app's Engine tab always passes it")
     add("--device", default=None,
         help="auto (default): CUDA when available; on GPUs the teacher runs in bf16 and the "
              "student and critic train with fp32 weights under bf16 autocast")
@@ -188,6 +192,9 @@ def run(args) -> int:
 
     # Values are checked by DistillConfig.validate (one-line errors, exit 2), not argparse.
     json_mode = args.progress == "json"
+    if args.low_priority and not lower_cpu_priority():
+        print("--low-priority: this OS offers no way to lower the priority; running as is.",
+              file=sys.stderr)
     try:
         config = prepare_config(args)
         from engine.distill.trainer import DistillTrainer

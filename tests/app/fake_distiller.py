@@ -29,6 +29,7 @@ def main() -> int:
     for flag in ("--steps", "--batch", "--critic-ratio", "--student-steps"):
         parser.add_argument(flag, type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--low-priority", action="store_true")
     args = parser.parse_args()
     delay = float(os.environ.get("FAKE_DISTILL_DELAY", "0.01"))
     if args.teacher == "broken":

@@ -40,7 +40,7 @@ def test_progress_lines_are_parsed_and_log_lines_are_not():
     assert parse_event_line("[1, 2]") is None
     arguments = DistillOptions("embedded", "runs/x", steps=2, resume=True).arguments()
     assert arguments[:4] == ["--teacher", "embedded", "--out", "runs/x"]
-    assert arguments[-3:] == ["--progress", "json", "--resume"]
+    assert arguments[-4:] == ["--progress", "json", "--low-priority", "--resume"]
 
 
 def test_fine_tuning_fields_reach_the_command_line_only_when_set(qtbot, make_window):

@@ -256,3 +256,16 @@ def test_auto_backend_is_onnx_on_a_cpu_for_small_models_only(student_copy, monke
     monkeypatch.setattr(runtime, "AUTO_ONNX_MAX_UNET_BYTES", 1)
     assert runtime.choose_backend(str(student_copy), "cpu") == "torch"
     assert runtime.create_backend(str(student_copy), "auto", "cpu").name == "torch"
+
+
+def test_spinning_is_on_unless_the_environment_turns_it_off(monkeypatch):
+    from engine.api import EngineError
+    from engine.runtime.onnx_backend import SPIN_ENV, spinning_allowed
+
+    monkeypatch.delenv(SPIN_ENV, raising=False)
+    assert spinning_allowed()
+    monkeypatch.setenv(SPIN_ENV, "0")
+    assert not spinning_allowed()
+    monkeypatch.setenv(SPIN_ENV, "yes")
+    with pytest.raises(EngineError, match="DMD_ORT_SPIN must be 0 or 1"):
+        spinning_allowed()
