@@ -31,7 +31,7 @@ def load_cli_generator(args: argparse.Namespace):
     return Generator(create_backend(model_or_default(args.model), args.backend, args.device))
 
 
-BACKGROUND_NICENESS = 10
+BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 
 
 def lower_cpu_priority() -> bool:
@@ -43,7 +43,7 @@ def lower_cpu_priority() -> bool:
     try:
         import psutil
 
-        psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)  # Windows
+        psutil.Process().nice(psutil.IDLE_PRIORITY_CLASS)  # Windows
         return True
     except (ImportError, AttributeError, OSError):
         return False

@@ -120,7 +120,7 @@ def add_parser(subparsers) -> None:
              "regression pairs included) as Ctrl-C would: checkpoint, student/, exit 0; "
              "--resume goes on later")
     add("--low-priority", action="store_true",
-        help="run below normal CPU priority (nice +10), so that a live canvas on the same "
+        help="run at the lowest CPU priority (nice 19), so that a live canvas on the same "
              "cores stays fast; the app's Engine tab always passes it")
     add("--device", default=None,
         help="auto (default): CUDA when available; on GPUs the teacher runs in bf16 and the "
