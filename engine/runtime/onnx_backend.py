@@ -52,6 +52,16 @@ def pick_providers(device: str = "auto") -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
+def gpu_index(device: str) -> int:
+    """The GPU number of "cuda:N" / "tensorrt:N" (0 when none is given)."""
+    _, _, index = device.partition(":")
+    if not index:
+        return 0
+    if not index.isdigit():
+        raise EngineError(f"Bad device {device!r}; write cuda:N with N a GPU number.")
+    return int(index)
+
+
 def default_threads() -> int:
     """Intra-op threads: $DMD_ORT_THREADS, else the physical core count (at most 8)."""
     # Measured on the 2-core Xeon (docs/benchmarks.md): one intra-op thread per physical core.
@@ -93,9 +103,10 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, folder: Path, manifest: dict, providers: list[str], threads: int):
+    def __init__(self, folder: Path, manifest: dict, providers: list[str], threads: int,
+                 gpu: int = 0):
         ort = import_ort()
-        self.folder, self.manifest, self.threads = folder, manifest, threads
+        self.folder, self.manifest, self.threads, self.gpu = folder, manifest, threads, gpu
         self.model_dir = Path(manifest["source_model_dir"])
         self.image_size = int(manifest["image_size"])
         self.latent_size = int(manifest["latent_size"])
@@ -134,15 +145,17 @@ class OnnxBackend:
 
     def provider_options(self, provider: str) -> dict:
         if provider == "TensorrtExecutionProvider":
-            return {"trt_fp16_enable": self.np_dtype == np.float16,
+            return {"device_id": self.gpu, "trt_fp16_enable": self.np_dtype == np.float16,
                     "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(self.folder / "trt-cache")}
+        if provider == "CUDAExecutionProvider":
+            return {"device_id": self.gpu}
         return {}
 
     @classmethod
     def load(cls, model: str, device: str = "auto", threads: int | None = None) -> OnnxBackend:
         """Open (exporting first if needed) the ONNX graphs of a model or export folder."""
-        providers = pick_providers(device)
+        providers, gpu = pick_providers(device), gpu_index(device)
         fp16 = providers[0] in GPU_PROVIDERS
         folder, manifest = resolve_export(model, fp16=fp16)
         if manifest is None:
@@ -151,7 +164,7 @@ class OnnxBackend:
             start = time.perf_counter()
             manifest = export_model(model, folder, fp16=fp16)
             log.warning("ONNX export done in %.1f s", time.perf_counter() - start)
-        return cls(folder, manifest, providers, threads or default_threads())
+        return cls(folder, manifest, providers, threads or default_threads(), gpu)
 
     # -- protocol --------------------------------------------------------------------------
     def run(self, part: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

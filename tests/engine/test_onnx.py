@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,18 @@ def test_spinning_is_on_unless_the_environment_turns_it_off(monkeypatch):
     monkeypatch.setenv(SPIN_ENV, "yes")
     with pytest.raises(EngineError, match="DMD_ORT_SPIN must be 0 or 1"):
         spinning_allowed()
+
+
+def test_cuda_n_picks_that_gpu_for_the_gpu_providers():
+    from types import SimpleNamespace
+
+    from engine.api import EngineError
+    from engine.runtime.onnx_backend import OnnxBackend, gpu_index
+
+    assert (gpu_index("cuda"), gpu_index("cuda:1"), gpu_index("tensorrt:3")) == (0, 1, 3)
+    with pytest.raises(EngineError, match="cuda:N"):
+        gpu_index("cuda:first")
+    backend = SimpleNamespace(gpu=1, np_dtype=np.float16, folder=Path("export"))
+    assert OnnxBackend.provider_options(backend, "CUDAExecutionProvider") == {"device_id": 1}
+    assert OnnxBackend.provider_options(backend, "TensorrtExecutionProvider")["device_id"] == 1
+    assert OnnxBackend.provider_options(backend, "CPUExecutionProvider") == {}
