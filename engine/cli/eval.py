@@ -19,6 +19,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="student steps (1, 2 or 4; default: the count the student was "
                              "distilled for, as generate and the app)")
+    parser.add_argument("--timesteps", default=None,
+                        help="a student schedule to score instead of student.json's, e.g. "
+                             "999,299 (decreasing, each below the scheduler's step count)")
     parser.add_argument("--teacher-steps", type=int, default=0,
                         help="N > 0: the teacher's N-step DDIM sampler with CFG")
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (teacher)")
@@ -34,6 +37,20 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def parse_timesteps(text: str, num_train_timesteps: int = 1000) -> list[int]:
+    """"999,299" -> [999, 299]: strictly decreasing integers in [0, num_train_timesteps)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise EngineError(f"--timesteps {text!r} must be integers separated by commas, "
+                          "e.g. 999,299.") from None
+    decreasing = values == sorted(set(values), reverse=True)
+    if not decreasing or any(not 0 <= value < num_train_timesteps for value in values):
+        raise EngineError(f"--timesteps {text!r} must decrease and lie in 0..."
+                          f"{num_train_timesteps - 1}.")
+    return values
+
+
 def run(args) -> int:
     from engine.embedded.dataset import load_dataset
     from engine.embedded.latents import encode_captions, load_minilm
@@ -42,6 +59,10 @@ def run(args) -> int:
 
     if (args.steps is not None and args.steps < 1) or args.teacher_steps < 0 or args.limit < 0:
         raise EngineError("--steps must be positive and --teacher-steps, --limit not negative.")
+    timesteps = parse_timesteps(args.timesteps) if args.timesteps else None
+    if timesteps and args.steps not in (None, len(timesteps)):
+        raise EngineError(f"--steps {args.steps} disagrees with the {len(timesteps)} "
+                          "--timesteps; give one of them.")
     evaluator = load_evaluator(args.evaluator)
     data = load_dataset(args.data)
     ids = [i for i, held in enumerate(data.heldout) if held]
@@ -61,7 +82,7 @@ def run(args) -> int:
         model = model_or_default(args.model)
         generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
                                                  args.guidance, args.device, real.shape[1],
-                                                 args.backend)
+                                                 args.backend, timesteps)
         images, seconds = generate_images(generate_one, captions, args.seed)
     scores = score_images(evaluator, images, pooled, real)
     result = {"model": str(model), "images": len(captions), **scores,

@@ -74,9 +74,11 @@ def generate_images(generate_one: Callable[[str, int], np.ndarray], captions: li
 
 def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int = 0,
                        guidance: float = 4.0, device: str = "cpu", size: int = 128,
-                       backend: str = "torch") -> tuple[Callable[[str, int], np.ndarray], int]:
+                       backend: str = "torch", timesteps: list[int] | None = None
+                       ) -> tuple[Callable[[str, int], np.ndarray], int]:
     """(generate_one(caption, seed) over the engine's Generator, the student steps it uses:
-    `steps`, or the count the student was distilled for)."""
+    `steps`, or the count the student was distilled for); `timesteps` replaces the student's
+    own schedule (student.json "timesteps") for this run."""
     from PIL import Image
 
     from engine.api import GenerateRequest
@@ -84,6 +86,8 @@ def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int 
     from engine.runtime import create_backend
 
     generator = Generator(create_backend(model, backend, device))
+    if timesteps:
+        generator.default_timesteps = list(timesteps)
     steps = steps or generator.default_steps
 
     def generate_one(caption: str, seed: int) -> np.ndarray:

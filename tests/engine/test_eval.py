@@ -97,7 +97,8 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     save_evaluator(model, tmp_path / "ev")
     asked = {}
 
-    def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend):
+    def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend,
+                                timesteps):
         asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance)
         blank = lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # noqa: E731
         return blank, steps or 4  # as a four-step student would
@@ -111,3 +112,29 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     assert result["steps"] == 4  # the model's own count when --steps is not given
     assert result["fd"] > 1e-3  # blank images are far from the real ones
     assert result["seconds_per_image"] >= 0 and result["images"] == 6
+
+
+def test_timesteps_replace_the_students_schedule(tiny_student_dir):
+    from engine.api import GenerateRequest
+    from engine.eval.metrics import pipeline_generator
+    from engine.pipeline.generator import Generator
+    from engine.runtime import create_backend
+
+    generator = Generator(create_backend(str(tiny_student_dir), "torch", "cpu"))
+    assert generator.timesteps_for(2) == [999, 499]
+    reference, _ = generator.generate(GenerateRequest("red", seed=0, steps=2))
+    size = reference.shape[0]
+    same, steps = pipeline_generator(str(tiny_student_dir), size=size, timesteps=[999, 499])
+    later, _ = pipeline_generator(str(tiny_student_dir), size=size, timesteps=[999, 299])
+    assert steps == 2
+    assert np.array_equal(same("red", 0), reference)
+    assert not np.array_equal(later("red", 0), reference)
+
+
+@pytest.mark.parametrize("flags", [["--timesteps", "999,abc"], ["--timesteps", "299,999"],
+                                   ["--timesteps", "999,1000"],
+                                   ["--timesteps", "999,299", "--steps", "4"]])
+def test_bad_timesteps_exit_2_with_one_line(flags, capsys):
+    assert main(["eval", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--" in err
