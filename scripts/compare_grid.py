@@ -2,7 +2,8 @@
 
 python scripts/compare_grid.py --teacher DIR --student DIR --out docs/NAME.png
 -> rows: the real held-out image, then for each seed the teacher (50-step DDIM + CFG 4),
-   the student at 1 step and the student at 4 steps; 8 held-out captions as columns.
+   the student at 1, 2 and 4 steps (each count on the student's own schedule: student.json
+   "timesteps" for its default count); 8 held-out captions as columns.
    With --sketch each column also gets the held-out sketch as conditioning (top row).
 """
 
@@ -54,8 +55,7 @@ def main() -> int:
     rows.append([data.images[i] for i in ids])
     for seed in range(args.seeds):
         rows.append(row(teacher, seed, teacher_steps=args.teacher_steps, guidance=args.guidance))
-        rows.append(row(student, seed, steps=1))
-        rows.append(row(student, seed, steps=4))
+        rows.extend(row(student, seed, steps=steps) for steps in (1, 2, 4))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     labelled_grid(rows, captions).save(args.out)
     print(f"wrote {args.out}")
