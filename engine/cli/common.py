@@ -8,6 +8,8 @@ import os
 from engine.api import EngineError
 from engine.pipeline.loading import default_model
 
+BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder, 'embedded-teacher' or a hub id "
@@ -29,9 +31,6 @@ def load_cli_generator(args: argparse.Namespace):
     from engine.runtime import create_backend
 
     return Generator(create_backend(model_or_default(args.model), args.backend, args.device))
-
-
-BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 
 
 def lower_cpu_priority() -> bool:

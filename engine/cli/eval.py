@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                              "distilled for, as generate and the app)")
     parser.add_argument("--timesteps", default=None,
                         help="a student schedule to score instead of student.json's, e.g. "
-                             "999,299 (decreasing, each below the scheduler's step count)")
+                             "999,299 (decreasing, in 0...999)")
     parser.add_argument("--teacher-steps", type=int, default=0,
                         help="N > 0: the teacher's N-step DDIM sampler with CFG")
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (teacher)")
