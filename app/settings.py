@@ -46,7 +46,7 @@ class AppSettings:
 
     model_source: str = "embedded"  # "embedded", "folder" or "hub"
     model: str = ""  # folder path or hub id ("" with model_source=embedded)
-    backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch" or "onnx"
+    backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch", "onnx", "onnx-int8"
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     brush_colour: str = "#000000"
     preview_while_typing: bool = True  # multi-step frames: a 1-step frame first, then the rest

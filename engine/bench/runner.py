@@ -20,10 +20,10 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
     """create_backend with an explicit thread count; returns (backend, threads in use)."""
     import torch
 
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from engine.runtime.onnx_backend import OnnxBackend
 
-        runtime = OnnxBackend.load(model, device, threads=threads)
+        runtime = OnnxBackend.load(model, device, threads=threads, int8=backend == "onnx-int8")
         return runtime, runtime.threads
     from engine.runtime import create_backend
 

@@ -6,8 +6,9 @@ import json
 import logging
 
 from engine.api import EngineError
+from engine.runtime import BACKENDS
 
-BACKEND_CHOICES = ("torch", "onnx", "all")
+BACKEND_CHOICES = (*BACKENDS, "all")
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +46,16 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def live_backends(choice: str, device: str) -> list[str]:
+    """The backends `--backend choice` measures: all = each one, int8 only on a CPU."""
+    if choice != "all":
+        return [choice]
+    from engine.runtime.torch_backend import pick_device
+
+    on_cpu = pick_device(device) == "cpu"
+    return [name for name in BACKENDS if on_cpu or name != "onnx-int8"]
+
+
 def run(args) -> int:
     if args.repeats < 1:
         raise EngineError("--repeats must be at least 1.")
@@ -52,8 +63,10 @@ def run(args) -> int:
         raise EngineError("--threads must be at least 1.")
     logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING,
                         format="%(message)s")
-    backends = ["torch", "onnx"] if args.backend == "all" else [args.backend]
     if args.arch:
+        if args.backend == "onnx-int8":
+            raise EngineError("--arch measures GPU frames; onnx-int8 is a CPU backend.")
+        backends = ["torch", "onnx"] if args.backend == "all" else [args.backend]
         from engine.bench.gpu import bench_arch
         from engine.bench.report import gpu_report
 
@@ -69,7 +82,7 @@ def run(args) -> int:
     if model is None:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
-    report = bench(str(model), backends, args.device, args.repeats, args.threads, args.label,
-                   args.steps, args.preview_steps)
+    report = bench(str(model), live_backends(args.backend, args.device), args.device,
+                   args.repeats, args.threads, args.label, args.steps, args.preview_steps)
     print(json.dumps(report) if args.json else live_report(report))
     return 0

@@ -7,6 +7,7 @@ import os
 
 from engine.api import EngineError
 from engine.pipeline.loading import default_model
+from engine.runtime import BACKENDS
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 
@@ -14,8 +15,9 @@ BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interacti
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder, 'embedded-teacher' or a hub id "
                                         "(default: the shipped embedded student)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                        help="runtime (default torch)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="runtime (default torch; onnx-int8: CPU graphs with int8 matrix "
+                             "products, the fastest on small CPUs)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 

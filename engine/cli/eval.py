@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.api import EngineError
 from engine.pipeline.loading import ASSETS_DIR
+from engine.runtime import BACKENDS
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
                              "assets/models/evaluator; train-evaluator makes others)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.set_defaults(run=run)

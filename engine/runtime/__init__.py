@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.api import EngineError
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")  # onnx-int8: CPU graphs with int8 matrix products
 # "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
 # its export takes seconds and its frames are ~2x faster than eager torch there
 # (docs/benchmarks.md); bigger models would spend minutes and gigabytes exporting first.
@@ -71,10 +71,10 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto"):
 
         restore_torch_threads()
         return TorchBackend.load(model, device)
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         try:
             from engine.runtime.onnx_backend import OnnxBackend
         except ModuleNotFoundError as error:
             raise EngineError("The ONNX Runtime backend is not available in this build.") from error
-        return OnnxBackend.load(model, device)
+        return OnnxBackend.load(model, device, int8=backend == "onnx-int8")
     raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")

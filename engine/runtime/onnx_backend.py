@@ -19,7 +19,7 @@ from engine.api import EngineError, ModelLoadError
 from engine.pipeline.schedule import NoiseSchedule
 from engine.pipeline.text import TextEmbedding, resolve_package_model_path
 from engine.runtime import lower_torch_threads_for_onnx
-from engine.runtime.onnx_export import export_model, resolve_export
+from engine.runtime.onnx_export import export_model, precision_of, resolve_export
 
 log = logging.getLogger("engine.runtime.onnx")
 
@@ -115,6 +115,8 @@ class OnnxBackend:
         self.pooled_text = bool(manifest["pooled_text"])
         self.text_config = manifest["text"]
         self.np_dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
+        self.precision = precision_of(manifest)
+        self.name = "onnx-int8" if self.precision == "int8" else "onnx"
         self.schedule = NoiseSchedule.from_folder(self.model_dir / "scheduler")
         student_path = self.model_dir / "student.json"
         self.student_config = json.loads(student_path.read_text()) if student_path.is_file() \
@@ -141,7 +143,7 @@ class OnnxBackend:
         self.device = self.sessions["unet"].get_providers()[0]
         lower_torch_threads_for_onnx()
         log.info("onnx backend: %s, %d intra-op threads, %s graphs from %s", self.device,
-                 threads, manifest["dtype"], folder)
+                 threads, self.precision, folder)
 
     def provider_options(self, provider: str) -> dict:
         if provider == "TensorrtExecutionProvider":
@@ -153,16 +155,21 @@ class OnnxBackend:
         return {}
 
     @classmethod
-    def load(cls, model: str, device: str = "auto", threads: int | None = None) -> OnnxBackend:
-        """Open (exporting first if needed) the ONNX graphs of a model or export folder."""
-        providers, gpu = pick_providers(device), gpu_index(device)
-        fp16 = providers[0] in GPU_PROVIDERS
-        folder, manifest = resolve_export(model, fp16=fp16)
+    def load(cls, model: str, device: str = "auto", threads: int | None = None,
+             int8: bool = False) -> OnnxBackend:
+        """Open (exporting first if needed) the ONNX graphs of a model or export folder: fp16
+        on a GPU provider, fp32 on the CPU, or with int8 the CPU's quantized graphs."""
+        if int8 and device.split(":")[0] not in ("auto", "cpu"):
+            raise EngineError("int8 graphs run on the CPU; use --device cpu, or the onnx "
+                              "backend (fp16) on a GPU.")
+        providers, gpu = pick_providers("cpu" if int8 else device), gpu_index(device)
+        precision = "int8" if int8 else "fp16" if providers[0] in GPU_PROVIDERS else "fp32"
+        folder, manifest = resolve_export(model, precision)
         if manifest is None:
-            log.warning("no current ONNX export of %s: exporting%s into %s (once)", model,
-                        " fp16" if fp16 else "", folder)
+            log.warning("no current ONNX export of %s: exporting %s graphs into %s (once)",
+                        model, precision, folder)
             start = time.perf_counter()
-            manifest = export_model(model, folder, fp16=fp16)
+            manifest = export_model(model, folder, precision)
             log.warning("ONNX export done in %.1f s", time.perf_counter() - start)
         return cls(folder, manifest, providers, threads or default_threads(), gpu)
 

@@ -33,6 +33,10 @@ OPSET = 17
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 WEIGHT_PARTS = ("unet", "vae", "text_encoder", "model_index.json", "student.json")
+# fp32: the CPU default; fp16: CUDA / TensorRT; int8: fp32 graphs with int8 matrix products
+# (engine/runtime/onnx_quantize.py), the fastest on small CPUs. Each has its own folder.
+PRECISIONS = ("fp32", "fp16", "int8")
+FOLDER_NAMES = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}
 
 
 class TextGraph(torch.nn.Module):
@@ -151,7 +155,8 @@ def export_parts(parts: PipelineParts, out: Path, fp16: bool = False, opset: int
         "source_model_dir": str(parts.model_dir.resolve()),
         "source_fingerprint": source_fingerprint(parts.model_dir),
         "opset": opset,
-        "dtype": "float16" if fp16 else "float32",
+        "dtype": "float16" if fp16 else "float32",  # of the weights and inputs
+        "precision": "fp16" if fp16 else "fp32",
         "exporter": f"torch.onnx.export(dynamo=False), torch {torch.__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "image_size": pixels,
@@ -181,9 +186,21 @@ def export_parts(parts: PipelineParts, out: Path, fp16: bool = False, opset: int
     }
 
 
-def export_model(model: str | Path, out: str | Path, fp16: bool = False,
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise EngineError(f"Unknown ONNX precision {precision!r}; use {', '.join(PRECISIONS)}.")
+
+
+def precision_of(manifest: dict) -> str:
+    """fp32, fp16 or int8 (manifests written before int8 existed only name their dtype)."""
+    return manifest.get("precision") or ("fp16" if manifest.get("dtype") == "float16" else "fp32")
+
+
+def export_model(model: str | Path, out: str | Path, precision: str = "fp32",
                  opset: int = OPSET) -> dict:
     """Export a model folder into out/ atomically (temporary folder, then rename)."""
+    check_precision(precision)
+    fp16 = precision == "fp16"
     if opset < OPSET:
         raise EngineError(f"ONNX export needs opset {OPSET} or newer, not {opset}.")
     out = Path(out).expanduser()
@@ -198,6 +215,10 @@ def export_model(model: str | Path, out: str | Path, fp16: bool = False,
     staging.chmod(0o755)
     try:
         manifest = export_parts(parts, staging, fp16=fp16, opset=opset, device=device)
+        if precision == "int8":
+            from engine.runtime.onnx_quantize import quantize_export
+
+            manifest = quantize_export(staging, manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -219,12 +240,12 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def is_current(folder: Path, model_dir: Path, fp16: bool) -> bool:
+def is_current(folder: Path, model_dir: Path, precision: str = "fp32") -> bool:
     """An export folder exists, is complete, matches the precision and the source weights."""
     manifest = read_manifest(folder)
     if not manifest or manifest.get("format_version") != FORMAT_VERSION:
         return False
-    if manifest.get("dtype") != ("float16" if fp16 else "float32"):
+    if precision_of(manifest) != precision:
         return False
     files = [folder / entry["file"] for entry in manifest.get("files", {}).values()]
     if len(files) != 4 or not all(f.is_file() for f in files):
@@ -232,9 +253,10 @@ def is_current(folder: Path, model_dir: Path, fp16: bool) -> bool:
     return manifest.get("source_fingerprint") == source_fingerprint(model_dir)
 
 
-def cache_dir_for(model_dir: Path, fp16: bool) -> Path:
-    """model_dir/onnx[-fp16] when writable, else ~/.cache/dmd-studio/onnx/<hash>."""
-    name = "onnx-fp16" if fp16 else "onnx"
+def cache_dir_for(model_dir: Path, precision: str = "fp32") -> Path:
+    """model_dir/onnx[-fp16|-int8] when writable, else ~/.cache/dmd-studio/onnx/<hash>."""
+    check_precision(precision)
+    name = FOLDER_NAMES[precision]
     local = model_dir / name
     probe = local if local.exists() else model_dir
     if probe.is_dir() and _writable(probe):
@@ -251,15 +273,15 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def resolve_export(model: str | Path, fp16: bool = False) -> tuple[Path, dict | None]:
+def resolve_export(model: str | Path, precision: str = "fp32") -> tuple[Path, dict | None]:
     """(export folder, manifest or None if it must be (re)built) for a model or export folder."""
     path = Path(model).expanduser()
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest is not None:
         return path, manifest  # an export folder passed directly
     model_dir = resolve_model_dir(str(model))
-    folder = cache_dir_for(model_dir, fp16)
-    return folder, read_manifest(folder) if is_current(folder, model_dir, fp16) else None
+    folder = cache_dir_for(model_dir, precision)
+    return folder, read_manifest(folder) if is_current(folder, model_dir, precision) else None
 
 
 @torch.no_grad()

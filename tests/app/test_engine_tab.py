@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QProcess
+from PySide6.QtCore import QProcess, Qt
 
 from app.distill_process import DistillOptions, parse_event_line
 from tests.app.conftest import FakeGenerator
@@ -60,15 +60,21 @@ def test_fine_tuning_fields_reach_the_command_line_only_when_set(qtbot, make_win
         ("assets/models/student", 100, 0.99)
 
 
-def test_onnx_backend_is_greyed_out_with_a_reason_when_absent(qtbot, make_window):
+def test_onnx_backends_are_greyed_out_with_a_reason_when_absent(qtbot, make_window):
     window = make_window()
     combo = window.engine_tab.model_panel.backend_combo
     assert combo.currentData() == "auto"  # the default
-    item = combo.model().item(combo.findData("onnx"))
-    if importlib.util.find_spec("engine.runtime.onnx_backend") is None:
-        assert not item.isEnabled() and "not available" in item.toolTip()
-    else:
-        assert item.isEnabled()
+    assert [combo.itemData(i) for i in range(combo.count())] == ["auto", "torch", "onnx",
+                                                                 "onnx-int8"]
+    present = importlib.util.find_spec("engine.runtime.onnx_backend") is not None
+    for backend in ("onnx", "onnx-int8"):
+        index = combo.findData(backend)
+        assert combo.model().item(index).isEnabled() == present
+        tip = combo.itemData(index, Qt.ItemDataRole.ToolTipRole) or ""
+        assert ("not available" in tip) != present
+    if present:
+        tip = combo.itemData(combo.findData("onnx-int8"), Qt.ItemDataRole.ToolTipRole)
+        assert "int8" in tip and "CPU" in tip
 
 
 def test_a_failing_model_load_becomes_a_message(qtbot, make_window):

@@ -40,6 +40,18 @@ def test_screenshot_of_the_tiny_model_writes_a_png(tmp_path, tiny_model_dir):
     assert not (tmp_path / "settings.json").exists()  # a screenshot run leaves settings alone
 
 
+def test_screenshot_on_the_int8_backend_exports_its_graphs_once(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model",
+                            ignore=shutil.ignore_patterns("onnx*"))  # caches of other tests
+    result = run_main("--model", str(model), "--backend", "onnx-int8", "--screenshot",
+                      str(tmp_path / "shot.png"), "--prompt", "red apple", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (model / "onnx-int8" / "manifest.json").is_file() and not (model / "onnx").exists()
+    assert not QImage(str(tmp_path / "shot.png")).isNull()
+
+
 def test_screenshot_with_an_unloadable_model_fails_with_a_message(tmp_path):
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()

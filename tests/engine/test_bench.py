@@ -35,9 +35,9 @@ def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
          "--repeats", "2"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert [r["backend"] for r in report["results"]] == ["torch", "onnx"]
+    assert [r["backend"] for r in report["results"]] == ["torch", "onnx", "onnx-int8"]
     for item in (report, *report["results"]):
-        assert item["backend"] in ("torch", "onnx") and item["device"]
+        assert item["backend"] in ("torch", "onnx", "onnx-int8") and item["device"]
         for key in NUMBER_KEYS:
             assert isinstance(item[key], (int, float)) and item[key] > 0, key
         assert "same UNet" in item["teacher_label"]
