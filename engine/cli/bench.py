@@ -41,6 +41,10 @@ def add_parser(subparsers) -> None:
                         choices=("none", "reduce-overhead", "max-autotune"),
                         help="with --arch on CUDA: the torch.compile variant (default "
                              "reduce-overhead)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="with --backend all: run the backends in one process, alternating "
+                             "their calls for --repeats rounds, and report medians and ratios "
+                             "(fair comparisons on a host whose speed drifts)")
     parser.add_argument("--force", action="store_true",
                         help="with --arch sd15: run on CPU anyway (slow)")
     parser.set_defaults(run=run)
@@ -82,6 +86,15 @@ def run(args) -> int:
     if model is None:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
+    if args.interleave:
+        from engine.bench.interleave import interleaved_bench, interleaved_report
+
+        if args.backend != "all":
+            raise EngineError("--interleave compares backends; use it with --backend all.")
+        report = interleaved_bench(str(model), live_backends("all", args.device), args.device,
+                                   args.repeats, args.threads)
+        print(json.dumps(report) if args.json else interleaved_report(report))
+        return 0
     report = bench(str(model), live_backends(args.backend, args.device), args.device,
                    args.repeats, args.threads, args.label, args.steps, args.preview_steps)
     print(json.dumps(report) if args.json else live_report(report))

@@ -175,3 +175,36 @@ def test_the_graph_frame_draws_what_the_generator_draws(tmp_path, text_inside):
     assert torch.allclose(first, expected("red apple"), atol=1e-5)
     assert torch.allclose(second, expected("blue car"), atol=1e-5)
     assert (first - second).abs().max() > 1e-3
+
+
+def test_interleaved_bench_alternates_backends_and_keeps_their_thread_settings(
+        tiny_student_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from engine.bench.interleave import CASES, interleaved_bench, interleaved_report
+
+    model = shutil.copytree(tiny_student_dir, tmp_path / "student")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        report = interleaved_bench(str(model), ["torch", "onnx", "onnx-int8"], "cpu", rounds=3)
+    finally:
+        torch.set_num_threads(before)
+    assert report["backends"] == ["torch", "onnx", "onnx-int8"]
+    assert report["torch_threads"] == {"torch": 2, "onnx": 1, "onnx-int8": 1}
+    for name in report["backends"]:
+        assert set(report["ms"][name]) == set(CASES)
+        assert all(value > 0 for value in report["ms"][name].values())
+    assert all(ratio == 1.0 for ratio in report["ratio_to_first"]["torch"].values())
+    assert report["ratio_to_first"]["onnx"]["unet_ms"] == pytest.approx(
+        report["ms"]["onnx"]["unet_ms"] / report["ms"]["torch"]["unet_ms"])
+    assert "onnx-int8" in interleaved_report(report)
+
+
+def test_interleave_needs_every_backend(capsys):
+    from engine.__main__ import main
+
+    assert main(["bench", "--interleave", "--backend", "onnx"]) == 2
+    assert "--backend all" in capsys.readouterr().err
