@@ -30,7 +30,9 @@ class GenerateRequest:
     init_image and sketch are HxWx3 uint8 RGB arrays (any size; resized to the model's).
     teacher_steps > 0 asks for the teacher's DDIM sampler with classifier-free guidance
     instead of the one-step/few-step student. preview_steps N (0 < N < steps) asks the live
-    service for an N-step frame first and the full-step frame once the input pauses.
+    service for an N-step frame first and the full-step frame once the input pauses; with
+    preview_above_ms > 0 the service skips that preview while it expects the full frame to
+    take at most that long.
     """
 
     prompt: str
@@ -42,6 +44,7 @@ class GenerateRequest:
     teacher_steps: int = 0  # 0: student; N > 0: N-step DDIM teacher with CFG
     guidance: float = 4.0  # CFG scale for the teacher sampler
     preview_steps: int = 0  # live only: 0 off; N < steps: an N-step frame first, then steps
+    preview_above_ms: float = 0.0  # live only: preview only frames expected slower (0: always)
     request_id: int = 0  # set by GenerationService.submit
 
     def preview(self, sketch_edits: bool = False) -> GenerateRequest | None:

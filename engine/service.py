@@ -5,8 +5,10 @@ request that was overtaken before it started is dropped. Every frame the worker 
 is delivered, so the canvas keeps moving while the user types even when a frame takes
 longer than the gap between keystrokes. A progressive request (preview_steps) delivers a
 quick frame first and, once no newer request has come for refine_delay_s, its full-step
-frame; a newer request interrupts that refinement between UNet steps. Every exception
-becomes a failed GenerateResult; the thread lives on.
+frame; a newer request interrupts that refinement between UNet steps. A request with
+preview_above_ms skips the preview while the full frame is expected to be that quick (the
+estimate comes from the timings of the frames already made). Every exception becomes a
+failed GenerateResult; the thread lives on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,37 @@ from engine.api import (
 )
 
 ResultCallback = Callable[[GenerateResult], None]
+# The live tab's preview_above_ms. Typing at 20 keys/s, a key waits on average for part of the
+# frame in flight: keystroke p50 measured ~1.3x the frame time (23 ms frames: 29.8 ms; 28 ms
+# frames: 36.5 ms; docs/benchmarks.md), so frames up to 25 ms keep p50 within 33 ms (30 FPS).
+DIRECT_FRAME_MS = 25.0
+
+
+class FrameCostEstimate:
+    """A running estimate of a student frame's milliseconds from recent frames' timings:
+    UNet ms per step, times the steps, plus everything else the first frame of a request
+    costs (text encoding, image encoding, decode, glue)."""
+
+    def __init__(self, smoothing: float = 0.3):
+        self.smoothing = smoothing
+        self.unet_per_step_ms: float | None = None
+        self.other_ms: float | None = None
+
+    def _blend(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.smoothing * (new - old)
+
+    def update(self, timings: StageTimings, steps: int, first_of_request: bool) -> None:
+        """Learn from a finished frame of `steps` UNet steps; only a request's first frame
+        paid for its text encoding, so only it teaches the rest of the cost."""
+        self.unet_per_step_ms = self._blend(self.unet_per_step_ms, timings.unet_ms / steps)
+        if first_of_request:
+            self.other_ms = self._blend(self.other_ms, timings.total_ms - timings.unet_ms)
+
+    def predict(self, steps: int) -> float | None:
+        """Expected ms of a request's first frame at `steps` steps; None before any frame."""
+        if self.unet_per_step_ms is None or self.other_ms is None:
+            return None
+        return self.unet_per_step_ms * steps + self.other_ms
 
 
 class ImageGenerator(Protocol):
@@ -57,12 +90,14 @@ class GenerationService:
                  refine_delay_s: float = 0.1):
         self._generator = generator
         self.refine_delay_s = refine_delay_s
+        self.frame_cost = FrameCostEstimate()  # worker thread only
         self._on_result = on_result
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: GenerateRequest | None = None
         self._latest_id = 0
         self._closed = False
+        self._generator_changed = False
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
 
@@ -88,6 +123,7 @@ class GenerationService:
         """Swap the model (e.g. a fresher student snapshot); takes effect at the next request."""
         with self._lock:
             self._generator = generator
+            self._generator_changed = True
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -105,6 +141,8 @@ class GenerationService:
             while self._pending is None and not self._closed:
                 self._wake.wait()
             request, self._pending = self._pending, None
+            if self._generator_changed:  # another model or backend: learn its costs anew
+                self.frame_cost, self._generator_changed = FrameCostEstimate(), False
             return request, self._generator
 
     def _newer_waiting(self) -> bool:
@@ -124,15 +162,29 @@ class GenerationService:
                 return
             sketch_edits = not getattr(generator.backend, "conditioning_channels", 0)
             preview = request.preview(sketch_edits)
+            learns = preview is not None  # a plain student frame: its timings predict others
+            if learns and self._quick_enough(request):
+                preview = None
             if preview is not None:
                 first = self._execute(generator, preview, preview=True, asked=request)
                 self._deliver(first)
+                if first.ok:
+                    self.frame_cost.update(first.timings, preview.steps, first_of_request=True)
                 if not first.ok or not self._quiet_for(self.refine_delay_s):
                     continue  # failed, or still typing: the newer request goes first
             result = self._execute(generator, request,
                                    self._newer_waiting if preview is not None else None)
             if result is not None:
                 self._deliver(result)
+                if learns and result.ok:
+                    self.frame_cost.update(result.timings, request.steps,
+                                           first_of_request=preview is None)
+
+    def _quick_enough(self, request: GenerateRequest) -> bool:
+        """Whether the full frame is expected within the request's preview_above_ms."""
+        expected = self.frame_cost.predict(request.steps)
+        return request.preview_above_ms > 0 and expected is not None \
+            and expected <= request.preview_above_ms
 
     def _deliver(self, result: GenerateResult) -> None:
         with self._lock:

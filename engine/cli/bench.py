@@ -7,6 +7,7 @@ import logging
 
 from engine.api import EngineError
 from engine.runtime import BACKENDS
+from engine.service import DIRECT_FRAME_MS
 
 BACKEND_CHOICES = (*BACKENDS, "all")
 
@@ -34,6 +35,10 @@ def add_parser(subparsers) -> None:
                         help="steps of the quick frame each typed multi-step frame shows first, "
                              "as the live tab's Preview (default 1 for multi-step frames; 0: "
                              "no preview)")
+    parser.add_argument("--preview-above-ms", type=float, default=DIRECT_FRAME_MS,
+                        help="show that preview only while the full frame is expected to take "
+                             f"longer than this (default {DIRECT_FRAME_MS:g}, as the live tab's "
+                             "Auto preview; 0: always)")
     parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd"),
                         help="instead of --model: random-weight SD-1.5-shaped frames/s "
                              "(needs CUDA; tiny-sd: a 32-px stand-in for tests)")
@@ -65,6 +70,8 @@ def run(args) -> int:
         raise EngineError("--repeats must be at least 1.")
     if args.threads is not None and args.threads < 1:
         raise EngineError("--threads must be at least 1.")
+    if args.preview_above_ms < 0:
+        raise EngineError("--preview-above-ms must be 0 or more.")
     logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING,
                         format="%(message)s")
     if args.arch:
@@ -96,6 +103,7 @@ def run(args) -> int:
         print(json.dumps(report) if args.json else interleaved_report(report))
         return 0
     report = bench(str(model), live_backends(args.backend, args.device), args.device,
-                   args.repeats, args.threads, args.label, args.steps, args.preview_steps)
+                   args.repeats, args.threads, args.label, args.steps, args.preview_steps,
+                   args.preview_above_ms)
     print(json.dumps(report) if args.json else live_report(report))
     return 0

@@ -42,12 +42,14 @@ def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
             assert isinstance(item[key], (int, float)) and item[key] > 0, key
         assert "same UNet" in item["teacher_label"]
         assert item["keystroke_preview_steps"] == 0  # a one-step student has no preview
+        assert item["keystroke_preview_above_ms"] == 25.0  # the live tab's Auto preview
         assert item["machine"]["cpu"] and item["machine"]["cpu_sgemm_gflops"] > 0
     for item in report["results"]:
         paced = item["keystroke"]["paced"]
         assert paced["keystrokes"] == 40 * paced["sessions"]
         assert paced["frames_delivered"] + paced["requests_dropped"] == paced["keystrokes"]
         assert paced["frames_delivered"] > 0
+        assert paced["previews_delivered"] == 0
 
 
 def test_percentile_and_median():
@@ -144,7 +146,8 @@ def bench_args(**overrides):
     import argparse
 
     defaults = {"model": None, "backend": "onnx", "device": "cpu", "repeats": 1, "threads": None,
-                "json": True, "label": "", "arch": None, "compile": "none", "force": False}
+                "json": True, "label": "", "arch": None, "compile": "none", "force": False,
+                "interleave": False, "preview_above_ms": 25.0}
     return argparse.Namespace(**{**defaults, **overrides})
 
 

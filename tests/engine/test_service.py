@@ -268,3 +268,71 @@ def test_engine_imports_no_qt():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_frame_cost_estimate_adds_unet_steps_to_the_first_frames_other_costs():
+    from engine.service import FrameCostEstimate
+
+    estimate = FrameCostEstimate(smoothing=0.5)
+    assert estimate.predict(2) is None
+    estimate.update(StageTimings(text_ms=5.0, unet_ms=10.0, total_ms=17.0), steps=1,
+                    first_of_request=True)
+    assert estimate.predict(2) == pytest.approx(2 * 10.0 + 7.0)
+    # a refinement reused the cached text: it teaches the UNet's cost, not the rest
+    estimate.update(StageTimings(unet_ms=16.0, total_ms=18.0), steps=2, first_of_request=False)
+    assert estimate.unet_per_step_ms == pytest.approx(9.0) and estimate.other_ms == 7.0
+    assert estimate.predict(4) == pytest.approx(4 * 9.0 + 7.0)
+
+
+class TimedGenerator:
+    """Reports `unet_step_ms` per UNet step plus `other_ms`, without taking that long."""
+
+    def __init__(self, unet_step_ms: float, other_ms: float = 5.0):
+        self.backend, self.unet_step_ms, self.other_ms = FakeBackend(), unet_step_ms, other_ms
+        self.steps_run: list[int] = []
+
+    def generate(self, request, interrupt=None):
+        self.steps_run.append(request.steps)
+        unet = self.unet_step_ms * request.steps
+        return np.zeros((2, 2, 3), np.uint8), StageTimings(unet_ms=unet,
+                                                            total_ms=unet + self.other_ms)
+
+
+def type_keys(service, collector, prompts, **fields):
+    """Submit each prompt and wait for its full frame (after the preview, if any)."""
+    for prompt in prompts:
+        request_id = service.submit(GenerateRequest(prompt, steps=2, preview_steps=1, **fields))
+        assert wait_for(lambda request_id=request_id: any(
+            r.request_id == request_id and not r.preview for r in collector.results))
+
+
+@pytest.mark.parametrize(("unet_step_ms", "previews"), [(8.0, False), (12.0, True)])
+def test_auto_preview_skips_the_quick_frame_when_the_full_one_is_fast(
+        no_thread_leak, unet_step_ms, previews):
+    generator, collector = TimedGenerator(unet_step_ms), Collector()
+    service = GenerationService(generator, collector, refine_delay_s=0.01)
+    try:
+        type_keys(service, collector, ["a", "ab", "abc"], preview_above_ms=25.0)
+    finally:
+        service.close()
+    # the first key previews (nothing measured yet); then 2 x 8 + 5 = 21 ms <= 25 runs the
+    # two-step frame at once, while 2 x 12 + 5 = 29 ms keeps previewing
+    later = [1, 2, 1, 2] if previews else [2, 2]
+    assert generator.steps_run == [1, 2] + later
+    assert service.frame_cost.predict(2) == pytest.approx(2 * unet_step_ms + 5.0)
+
+
+def test_auto_preview_is_off_by_default_and_relearns_after_a_model_swap(no_thread_leak):
+    fast, collector = TimedGenerator(2.0), Collector()
+    service = GenerationService(fast, collector, refine_delay_s=0.01)
+    try:
+        type_keys(service, collector, ["a", "ab"])  # preview_above_ms 0: always preview
+        assert fast.steps_run == [1, 2, 1, 2]
+        type_keys(service, collector, ["abc"], preview_above_ms=25.0)
+        assert fast.steps_run[-1:] == [2]
+        other = TimedGenerator(2.0)
+        service.replace_generator(other)
+        type_keys(service, collector, ["abcd"], preview_above_ms=25.0)
+    finally:
+        service.close()
+    assert other.steps_run == [1, 2]  # nothing known about the new model: preview first
