@@ -36,8 +36,11 @@ from app.canvas import Canvas, array_to_qimage
 from app.compare_panel import ComparePanel
 from app.settings import AppSettings
 from engine.api import GenerateRequest, GenerateResult
+from engine.service import DIRECT_FRAME_MS
 
 MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
+PREVIEW_MODES = (("Preview: auto", "auto"), ("Preview: always", "always"),
+                 ("Preview: off", "off"))
 MAX_SEED = 2**31 - 1
 
 
@@ -98,10 +101,16 @@ class LiveTab(QWidget):
         for steps in (1, 2, 4):
             self.steps_combo.addItem(f"{steps} step{'s' if steps > 1 else ''}", steps)
         self.steps_combo.setToolTip("Student steps per frame.")
-        self.preview_box = QCheckBox("Preview")
-        self.preview_box.setChecked(self.settings.preview_while_typing)
-        self.preview_box.setToolTip("With 2 or 4 steps: show a one-step frame at once, then "
-                                    "the full frame when you pause.")
+        self.preview_combo = QComboBox()
+        for label, mode in PREVIEW_MODES:
+            self.preview_combo.addItem(label, mode)
+        self.preview_combo.setCurrentIndex(max(0, self.preview_combo.findData(
+            self.settings.preview)))
+        self.preview_combo.setToolTip(
+            "With 2 or 4 steps, what a keystroke shows first. Auto: the full frame when this "
+            f"machine makes it within {DIRECT_FRAME_MS:g} ms, else a one-step preview, then the "
+            "full frame when you pause. Always: the one-step frame first. Off: always the full "
+            "frame.")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, MAX_SEED)
         self.seed_spin.setToolTip("Noise seed; locked, an edit changes the image, not the noise.")
@@ -182,7 +191,7 @@ class LiveTab(QWidget):
     def _build_layout(self) -> None:
         options = QHBoxLayout()
         for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
-                       self.strength_label, self.steps_combo, self.preview_box,
+                       self.strength_label, self.steps_combo, self.preview_combo,
                        QLabel("Seed"), self.seed_spin,
                        self.seed_lock, self.randomise_button):
             options.addWidget(widget)
@@ -219,7 +228,7 @@ class LiveTab(QWidget):
         self.strength_slider.valueChanged.connect(self._on_strength_changed)
         self.steps_combo.currentIndexChanged.connect(self.submit_current)
         self.steps_combo.currentIndexChanged.connect(self._on_steps_changed)
-        self.preview_box.toggled.connect(self.submit_current)
+        self.preview_combo.currentIndexChanged.connect(self.submit_current)
         self.seed_spin.valueChanged.connect(self.submit_current)
         self.randomise_button.clicked.connect(self.randomise_seed)
         self.canvas.sketch_changed.connect(self._on_sketch_changed)
@@ -252,11 +261,13 @@ class LiveTab(QWidget):
             self.seed_spin.setValue(random.randint(0, MAX_SEED))
             self.seed_spin.blockSignals(False)
         mode, steps = self.mode, int(self.steps_combo.currentData())
+        preview = self.preview_combo.currentData()
         return GenerateRequest(
             prompt=self.prompt_edit.text(),
             seed=self.seed_spin.value(),
             steps=steps,
-            preview_steps=1 if self.preview_box.isChecked() and steps > 1 else 0,
+            preview_steps=1 if preview != "off" and steps > 1 else 0,
+            preview_above_ms=DIRECT_FRAME_MS if preview == "auto" else 0.0,
             sketch=self.canvas.sketch_on_white() if mode == "sketch" else None,
             init_image=self.canvas.edit_source() if mode == "edit" else None,
             strength=self.strength_slider.value() / 100 if mode != "text" else 1.0,
@@ -322,7 +333,7 @@ class LiveTab(QWidget):
         self.strength_label.setEnabled(uses_strength)
 
     def _on_steps_changed(self) -> None:
-        self.preview_box.setEnabled(int(self.steps_combo.currentData()) > 1)
+        self.preview_combo.setEnabled(int(self.steps_combo.currentData()) > 1)
 
     def _on_strength_changed(self, value: int) -> None:
         self.strength_label.setText(f"{value / 100:.2f}")
@@ -405,7 +416,7 @@ class LiveTab(QWidget):
             self.save(what, path if path.lower().endswith(".png") else path + ".png")
 
     def store_settings(self) -> None:
-        self.settings.preview_while_typing = self.preview_box.isChecked()
+        self.settings.preview = self.preview_combo.currentData()
         self.settings.teacher_steps = self.compare.teacher_steps.value()
         self.settings.teacher_guidance = float(self.compare.guidance.value())
 

@@ -49,7 +49,8 @@ class AppSettings:
     backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch", "onnx", "onnx-int8"
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     brush_colour: str = "#000000"
-    preview_while_typing: bool = True  # multi-step frames: a 1-step frame first, then the rest
+    preview: str = "auto"  # multi-step frames: "auto" (a 1-step frame first only when the full
+    # one is slow), "always" or "off"
     teacher_steps: int = 20  # Compare: DDIM steps for the teacher
     teacher_guidance: float = 4.0  # Compare: CFG scale for the teacher
     last_image_folder: str = ""
@@ -104,6 +105,8 @@ def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         notice = f"Settings file {path} was unreadable ({reason}); using defaults{kept}."
         return AppSettings(), notice
+    if values.get("preview_while_typing") is False and "preview" not in values:
+        values["preview"] = "off"  # the on/off switch of earlier versions
     return _typed_fields(AppSettings(), values), None
 
 

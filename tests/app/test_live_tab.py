@@ -6,6 +6,7 @@ import numpy as np
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QImage
 
+from engine.service import DIRECT_FRAME_MS
 from tests.app.conftest import FakeGenerator
 
 
@@ -213,19 +214,32 @@ def test_a_four_step_model_previews_at_one_step_then_refines(make_window, qtbot)
     four_step.default_steps = 4
     window = make_window(generator=four_step)
     tab = window.live_tab
-    assert tab.preview_box.isChecked() and tab.preview_box.isEnabled()
+    assert tab.preview_combo.currentData() == "auto" and tab.preview_combo.isEnabled()
     shown = []
     window.engine.result_ready.connect(lambda result, request: shown.append(
         (request.prompt, result.preview, tab.meter.text().startswith("preview"))))
-    tab.prompt_edit.setText("fox")
-    qtbot.waitUntil(lambda: ("fox", False, False) in shown, timeout=10_000)
-    assert shown[shown.index(("fox", False, False)) - 1] == ("fox", True, True)
-    assert [r.steps for r in four_step.requests if r.prompt == "fox"] == [1, 4]
+
+    def steps_run(prompt):
+        return [r.steps for r in four_step.requests if r.prompt == prompt]
+
+    # the window's first frame (empty prompt): nothing measured yet, so Auto previews first
+    qtbot.waitUntil(lambda: ("", False, False) in shown, timeout=10_000)
+    assert shown[0] == ("", True, True) and steps_run("") == [1, 4]
+    assert four_step.requests[-1].preview_above_ms == DIRECT_FRAME_MS
     qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
 
-    tab.preview_box.setChecked(False)  # resubmits without a preview
-    qtbot.waitUntil(lambda: len([r for r in four_step.requests if r.prompt == "fox"]) == 3,
-                    timeout=10_000)
-    assert four_step.requests[-1].steps == 4 and four_step.requests[-1].preview_steps == 0
+    tab.prompt_edit.setText("foxy")  # the fake's 4-step frame costs 7.5 ms: shown at once
+    qtbot.waitUntil(lambda: ("foxy", False, False) in shown, timeout=10_000)
+    assert steps_run("foxy") == [4] and ("foxy", True, True) not in shown
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+
+    tab.preview_combo.setCurrentIndex(tab.preview_combo.findData("always"))  # resubmits
+    qtbot.waitUntil(lambda: steps_run("foxy") == [4, 1, 4], timeout=10_000)
+    assert four_step.requests[-1].preview_above_ms == 0.0
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+
+    tab.preview_combo.setCurrentIndex(tab.preview_combo.findData("off"))
+    qtbot.waitUntil(lambda: steps_run("foxy") == [4, 1, 4, 4], timeout=10_000)
+    assert four_step.requests[-1].preview_steps == 0
     tab.steps_combo.setCurrentIndex(tab.steps_combo.findData(1))
-    assert not tab.preview_box.isEnabled()
+    assert not tab.preview_combo.isEnabled()

@@ -43,3 +43,12 @@ def test_the_window_shows_the_notice_and_saves_on_close(qtbot, make_window, isol
     window.close()
     saved = json.loads(isolated_settings.read_text())
     assert saved["brush_size"] == 21 and saved["window_geometry"]
+
+
+def test_the_old_preview_switch_maps_onto_the_preview_modes(isolated_settings):
+    isolated_settings.write_text(json.dumps({"preview_while_typing": False}))
+    assert load_settings()[0].preview == "off"
+    isolated_settings.write_text(json.dumps({"preview_while_typing": True}))
+    assert load_settings()[0].preview == "auto"  # on meant "preview", which Auto does if slow
+    isolated_settings.write_text(json.dumps({"preview_while_typing": False, "preview": "always"}))
+    assert load_settings()[0].preview == "always"
