@@ -14,6 +14,7 @@ import pytest
 
 from engine.api import EngineError, StageTimings
 from engine.bench.timing import median_ms, peak_rss_mb, percentile
+from engine.service import DIRECT_FRAME_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER_KEYS = ("threads", "keystroke_p50_ms", "keystroke_p95_ms", "student_ms", "teacher_ms",
@@ -42,7 +43,7 @@ def test_bench_json_has_every_documented_key(tiny_student_dir, tmp_path):
             assert isinstance(item[key], (int, float)) and item[key] > 0, key
         assert "same UNet" in item["teacher_label"]
         assert item["keystroke_preview_steps"] == 0  # a one-step student has no preview
-        assert item["keystroke_preview_above_ms"] == 25.0  # the live tab's Auto preview
+        assert item["keystroke_preview_above_ms"] == DIRECT_FRAME_MS  # the live tab's Auto
         assert item["machine"]["cpu"] and item["machine"]["cpu_sgemm_gflops"] > 0
     for item in report["results"]:
         paced = item["keystroke"]["paced"]
@@ -147,7 +148,7 @@ def bench_args(**overrides):
 
     defaults = {"model": None, "backend": "onnx", "device": "cpu", "repeats": 1, "threads": None,
                 "json": True, "label": "", "arch": None, "compile": "none", "force": False,
-                "interleave": False, "preview_above_ms": 25.0}
+                "interleave": False, "preview_above_ms": DIRECT_FRAME_MS}
     return argparse.Namespace(**{**defaults, **overrides})
 
 
