@@ -18,22 +18,38 @@ from engine.api import EngineError
 
 QUANTIZED_PARTS = ("text_encoder", "unet")
 QUANTIZED_OPS = ["MatMul", "Gemm"]
+# A protobuf file holds at most 2 GiB: bigger graphs (an SD-1.5 UNet keeps ~1.5 GB of fp32
+# convolutions) store their weights in a side file, "<graph>.onnx.data".
+EXTERNAL_DATA_ABOVE_BYTES = 1 << 30
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The side files that hold a graph's weights (none for a graph stored in one file)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {entry.value for tensor in model.graph.initializer
+             for entry in tensor.external_data if entry.key == "location"}
+    return [path.parent / name for name in sorted(names)]
 
 
 def quantize_dynamic_int8(source: Path, target: Path) -> None:
-    """Write `source` with int8 MatMul/Gemm weights (per channel) to `target`."""
+    """Write `source` with int8 MatMul/Gemm weights (per channel) to `target` (and, for a big
+    graph, its weights to `target`.data)."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as error:
         raise EngineError("int8 export needs onnxruntime's quantization tools (pip install "
                           "onnxruntime onnx).") from error
+    size = sum(file.stat().st_size for file in [source, *external_data_files(source)])
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it suggests a pre-processing pass the graphs do not need
     try:
         # reduce_range off: 7-bit weights doubled the text encoder's error here (VNNI CPU).
         quantize_dynamic(source, target, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
-                         reduce_range=False, weight_type=QuantType.QInt8)
+                         reduce_range=False, weight_type=QuantType.QInt8,
+                         use_external_data_format=size > EXTERNAL_DATA_ABOVE_BYTES)
     finally:
         quiet.setLevel(level)
 
@@ -44,9 +60,14 @@ def quantize_export(folder: Path, manifest: dict) -> dict:
         raise EngineError("int8 graphs are made from an fp32 export, not a float16 one.")
     for part in QUANTIZED_PARTS:
         path = folder / manifest["files"][part]["file"]
-        staged = path.with_name(f"{path.stem}.int8.onnx")
-        quantize_dynamic_int8(path, staged)
-        staged.replace(path)
+        staging = folder / f".{part}-int8"
+        staging.mkdir()
+        quantize_dynamic_int8(path, staging / path.name)
+        for old in [path, *external_data_files(path)]:
+            old.unlink()
+        for new in staging.iterdir():  # the graph, and its .data file if it has one
+            new.replace(folder / new.name)
+        staging.rmdir()
     return {**manifest, "precision": "int8",
             "quantization": {"parts": list(QUANTIZED_PARTS), "ops": QUANTIZED_OPS,
                              "weights": "int8 per channel", "activations": "uint8 per call"}}

@@ -350,3 +350,35 @@ def test_export_cli_int8_and_precision_flags_exclude_each_other(tiny_model_dir, 
     with pytest.raises(SystemExit) as exit_info:
         main(["export-onnx", "--model", str(tiny_model_dir), "--int8", "--fp16"])
     assert exit_info.value.code == 2
+
+
+def test_int8_of_a_graph_with_external_weights_keeps_them_outside(tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    """An SD-1.5 UNet is over protobuf's 2 GiB: its weights live in a side file before and
+    after quantization. Here the tiny UNet stands in, moved to a side file by hand."""
+    import onnx
+    import onnxruntime as ort
+
+    from engine.runtime import onnx_quantize
+
+    folder = tmp_path / "export"
+    manifest = export_model(tiny_model_dir, folder)
+    unet_path = folder / "unet.onnx"
+    session = ort.InferenceSession(str(unet_path), providers=["CPUExecutionProvider"])
+    feeds = {"sample": np.random.default_rng(0).standard_normal((1, 4, 4, 4), np.float32),
+             "timestep": np.array([999]),
+             "encoder_hidden_states": np.random.default_rng(1).standard_normal(
+                 tuple([1] + manifest["files"]["unet"]["inputs"]["encoder_hidden_states"][1:]),
+                 np.float32)}
+    expected = session.run(None, feeds)[0]
+    onnx.save_model(onnx.load(str(unet_path)), str(unet_path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="unet_weights.bin", size_threshold=0)
+    assert onnx_quantize.external_data_files(unet_path) == [folder / "unet_weights.bin"]
+    monkeypatch.setattr(onnx_quantize, "EXTERNAL_DATA_ABOVE_BYTES", 0)
+    assert onnx_quantize.quantize_export(folder, manifest)["precision"] == "int8"
+    assert not (folder / "unet_weights.bin").exists()  # the fp32 weights are gone
+    assert onnx_quantize.external_data_files(unet_path) == [folder / "unet.onnx.data"]
+    assert not list(folder.glob(".*-int8"))  # no staging folders left
+    got = ort.InferenceSession(str(unet_path), providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.02
