@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
                              "assets/models/evaluator; train-evaluator makes others)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sketch", action="store_true",
+                        help="draw each held-out caption over its held-out sketch (sketch mode); "
+                             "sketch_f1 then says how closely the images follow the sketches")
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
@@ -57,6 +60,7 @@ def run(args) -> int:
     from engine.embedded.latents import encode_captions, load_minilm
     from engine.eval.evaluator import load_evaluator
     from engine.eval.metrics import generate_images, pipeline_generator, score_images
+    from engine.eval.sketch_metrics import mean_stroke_f1
 
     if (args.steps is not None and args.steps < 1) or args.teacher_steps < 0 or args.limit < 0:
         raise EngineError("--steps must be positive and --teacher-steps, --limit not negative.")
@@ -75,6 +79,7 @@ def run(args) -> int:
     real = data.images[ids]
     _, pooled = encode_captions(load_minilm(), captions)
     steps = args.steps
+    sketches = data.sketches[ids]
     if args.real:
         images, seconds, model = real, 0.0, "real"
     else:
@@ -83,10 +88,12 @@ def run(args) -> int:
         model = model_or_default(args.model)
         generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
                                                  args.guidance, args.device, real.shape[1],
-                                                 args.backend, timesteps)
-        images, seconds = generate_images(generate_one, captions, args.seed)
+                                                 args.backend, timesteps, sketches=args.sketch)
+        images, seconds = generate_images(generate_one, captions, args.seed,
+                                          sketches if args.sketch else None)
     scores = score_images(evaluator, images, pooled, real)
     result = {"model": str(model), "images": len(captions), **scores,
+              "sketch_f1": mean_stroke_f1(sketches, images), "sketch": args.sketch,
               "seconds_per_image": seconds, "steps": steps,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance}
     if args.json:

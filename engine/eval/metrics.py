@@ -61,24 +61,28 @@ def score_images(evaluator: Evaluator, images_uint8: np.ndarray, pooled_text: to
             **alignment_scores(image_emb, text_emb)}
 
 
-def generate_images(generate_one: Callable[[str, int], np.ndarray], captions: list[str],
-                    seed: int = 0) -> tuple[np.ndarray, float]:
-    """Images for every caption (seed + index) and the mean seconds per image."""
+def generate_images(generate_one: Callable[..., np.ndarray], captions: list[str],
+                    seed: int = 0, sketches: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, float]:
+    """Images for every caption (seed + index), each drawn over its sketch when sketches are
+    given, and the mean seconds per image."""
     images = []
     start = time.perf_counter()
     for index, caption in enumerate(captions):
-        images.append(generate_one(caption, seed + index))
+        extra = {} if sketches is None else {"sketch": sketches[index]}
+        images.append(generate_one(caption, seed + index, **extra))
     seconds = (time.perf_counter() - start) / max(len(captions), 1)
     return np.stack(images), seconds
 
 
 def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int = 0,
                        guidance: float = 4.0, device: str = "cpu", size: int = 128,
-                       backend: str = "torch", timesteps: list[int] | None = None
-                       ) -> tuple[Callable[[str, int], np.ndarray], int]:
-    """(generate_one(caption, seed) over the engine's Generator, the student steps it uses:
-    `steps`, or the count the student was distilled for); `timesteps` replaces the student's
-    own schedule (student.json "timesteps") for this run."""
+                       backend: str = "torch", timesteps: list[int] | None = None,
+                       sketches: bool = False) -> tuple[Callable[..., np.ndarray], int]:
+    """(generate_one(caption, seed, sketch=None) over the engine's Generator, the student
+    steps it uses: `steps`, or the count the student was distilled for); `timesteps` replaces
+    the student's own schedule (student.json "timesteps") for this run; `sketches` asks for a
+    model conditioned on sketches (an error for one without sketch channels)."""
     from PIL import Image
 
     from engine.api import GenerateRequest
@@ -86,12 +90,19 @@ def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int 
     from engine.runtime import create_backend
 
     generator = Generator(create_backend(model, backend, device))
+    if sketches and not generator.backend.conditioning_channels:
+        from engine.api import EngineError
+
+        raise EngineError(f"{model} has no sketch channels; --sketch scores models that draw "
+                          "from a sketch (the embedded teacher and student do).")
     if timesteps:
         generator.default_timesteps = list(timesteps)
     steps = steps or generator.default_steps
 
-    def generate_one(caption: str, seed: int) -> np.ndarray:
-        request = GenerateRequest(prompt=caption, seed=seed, steps=steps,
+    def generate_one(caption: str, seed: int, sketch: np.ndarray | None = None) -> np.ndarray:
+        if sketch is not None and sketch.ndim == 2:
+            sketch = np.repeat(sketch[..., None], 3, axis=-1)
+        request = GenerateRequest(prompt=caption, seed=seed, steps=steps, sketch=sketch,
                                   teacher_steps=teacher_steps, guidance=guidance)
         image, _ = generator.generate(request)
         if image.shape[0] != size:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.__main__ import main
 from engine.embedded.dataset import write_dataset
@@ -98,7 +99,7 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     asked = {}
 
     def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend,
-                                timesteps):
+                                timesteps, sketches):
         asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance)
         blank = lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # noqa: E731
         return blank, steps or 4  # as a four-step student would
@@ -138,3 +139,58 @@ def test_bad_timesteps_exit_2_with_one_line(flags, capsys):
     assert main(["eval", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--" in err
+
+
+def shape_image(kind: str, size: int = 64) -> np.ndarray:
+    """A red disc or a blue square on white."""
+    rows, cols = np.mgrid[:size, :size]
+    image = np.full((size, size, 3), 255, np.uint8)
+    if kind == "disc":
+        image[(rows - 32) ** 2 + (cols - 30) ** 2 < 18 ** 2] = (220, 30, 30)
+    else:
+        image[8:30, 36:60] = (30, 30, 220)
+    return image
+
+
+def test_stroke_f1_rewards_following_the_sketch():
+    from engine.embedded.dataset import extract_sketch
+    from engine.eval.sketch_metrics import edge_map, mean_stroke_f1, stroke_f1
+
+    disc, square = shape_image("disc"), shape_image("square")
+    blank = np.full_like(disc, 255)
+    disc_sketches = [extract_sketch(disc, seed) for seed in range(4)]
+    own = [stroke_f1(sketch, disc) for sketch in disc_sketches]
+    other = [stroke_f1(sketch, square) for sketch in disc_sketches]
+    assert min(own) > 0.8 and max(other) < 0.3, (own, other)
+    assert edge_map(blank).sum() == 0 and edge_map(disc).sum() > 50
+    assert stroke_f1(blank[..., 0], blank) == 1.0  # nothing asked, nothing drawn
+    assert stroke_f1(disc_sketches[0], blank) == 0.0
+    # images are resized to the sketches; an RGB sketch reads like a grey one
+    big = np.asarray(Image.fromarray(disc).resize((128, 128), Image.LANCZOS))
+    rgb_sketch = np.repeat(disc_sketches[0][..., None], 3, axis=-1)
+    assert mean_stroke_f1(np.stack([rgb_sketch]), big[None]) == pytest.approx(
+        mean_stroke_f1(np.stack([disc_sketches[0]]), disc[None]), abs=0.15)
+
+
+def test_eval_sketch_needs_a_sketch_model(tiny_model_dir, tmp_path, capsys):
+    images = colour_images(32)
+    write_dataset(tmp_path / "data", {"images": images, "sketches": images[..., 0],
+                                      "heldout": np.ones(6, bool), "variant": np.zeros(6, bool)},
+                  ["red", "green", "blue", "yellow", "purple", "cyan"], {"count": 6})
+    model, _ = train_evaluator(images, torch.randn(6, 384), steps=2, batch=6, config=SMALL)
+    save_evaluator(model, tmp_path / "ev")
+    assert main(["eval", "--model", str(tiny_model_dir), "--sketch", "--data",
+                 str(tmp_path / "data"), "--evaluator", str(tmp_path / "ev")]) == 2
+    assert "no sketch channels" in capsys.readouterr().err
+
+
+def test_eval_sketch_draws_each_caption_over_its_sketch(tiny_sketch_model_dir):
+    from engine.eval.metrics import generate_images, pipeline_generator
+
+    generate_one, _ = pipeline_generator(str(tiny_sketch_model_dir), size=32, sketches=True)
+    sketches = np.full((2, 32, 32), 255, np.uint8)
+    sketches[1, 8:24, 15:17] = 0
+    with_sketch, _ = generate_images(generate_one, ["cat", "cat"], seed=0, sketches=sketches)
+    without, _ = generate_images(generate_one, ["cat", "cat"], seed=0)
+    assert with_sketch.shape == (2, 32, 32, 3)
+    assert not np.array_equal(with_sketch[1], without[1])  # the stroke changed the image
