@@ -8,6 +8,8 @@ Preview on, a multi-step frame is shown first at one step and refined when the i
 from __future__ import annotations
 
 import random
+import time
+from collections import deque
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -44,8 +46,28 @@ PREVIEW_MODES = (("Preview: auto", "auto"), ("Preview: always", "always"),
 MAX_SEED = 2**31 - 1
 
 
-def format_meter(result: GenerateResult) -> str:
-    """Per-stage milliseconds, frames per second, backend and device, on one line."""
+class FrameRate:
+    """Frames shown per second over the last `window_s` seconds (None with fewer than two)."""
+
+    def __init__(self, window_s: float = 1.0, clock=time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self.arrivals: deque[float] = deque()
+
+    def frame_shown(self) -> float | None:
+        """Record a frame now; the rate of the frames shown within the window, itself
+        included."""
+        now = self.clock()
+        self.arrivals.append(now)
+        while now - self.arrivals[0] > self.window_s:
+            self.arrivals.popleft()
+        if len(self.arrivals) < 2 or now == self.arrivals[0]:
+            return None
+        return (len(self.arrivals) - 1) / (now - self.arrivals[0])
+
+
+def format_meter(result: GenerateResult, shown_fps: float | None = None) -> str:
+    """Per-stage milliseconds, the frame rate this frame's cost allows, the rate frames are
+    being shown at (while they stream), backend and device, on one line."""
     timings = result.timings
     stages = ["preview"] if result.preview else []
     stages.append(f"text {timings.text_ms:.1f}")
@@ -56,8 +78,9 @@ def format_meter(result: GenerateResult) -> str:
     where = "/".join(part for part in (result.backend, result.device) if part) or "?"
     size = f"{result.image.shape[1]}×{result.image.shape[0]} px" if result.image is not None \
         else ""
-    return (f"{' · '.join(stages)} ms  |  total {timings.total_ms:.1f} ms  |  {fps:.1f} FPS"
-            f"  |  {where}  |  {size}")
+    shown = f"  |  shown {shown_fps:.1f} FPS" if shown_fps is not None else ""
+    return (f"{' · '.join(stages)} ms  |  total {timings.total_ms:.1f} ms ({fps:.0f} FPS max)"
+            f"{shown}  |  {where}  |  {size}")
 
 
 class LiveTab(QWidget):
@@ -68,6 +91,7 @@ class LiveTab(QWidget):
         self.engine, self.settings = engine, settings
         self.last_frame_request: GenerateRequest | None = None
         self.last_result: GenerateResult | None = None
+        self.frame_rate = FrameRate()
         self.canvas = Canvas()
         self.canvas.brush_size = settings.brush_size
         self.canvas.brush_colour = QColor(settings.brush_colour)
@@ -299,7 +323,7 @@ class LiveTab(QWidget):
                 self.canvas.set_frame(image)
                 self.last_frame_request = request
                 self.meter.setStyleSheet("")
-                self.meter.setText(format_meter(result))
+                self.meter.setText(format_meter(result, self.frame_rate.frame_shown()))
             else:
                 self.meter.setStyleSheet("color:#b00020;")
                 self.meter.setText(f"Error: {result.error}")

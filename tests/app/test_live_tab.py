@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QImage
 
@@ -243,3 +244,23 @@ def test_a_four_step_model_previews_at_one_step_then_refines(make_window, qtbot)
     assert four_step.requests[-1].preview_steps == 0
     tab.steps_combo.setCurrentIndex(tab.steps_combo.findData(1))
     assert not tab.preview_combo.isEnabled()
+
+
+def test_the_meter_shows_the_cost_rate_and_the_rate_frames_are_shown_at():
+    from app.live_tab import FrameRate, format_meter
+    from engine.api import GenerateResult, StageTimings
+
+    now = [100.0]
+    rate = FrameRate(window_s=1.0, clock=lambda: now[0])
+    assert rate.frame_shown() is None  # one frame is no rate
+    for _ in range(4):
+        now[0] += 0.05
+        shown = rate.frame_shown()
+    assert shown == pytest.approx(20.0)  # a frame every 50 ms
+    now[0] += 5.0  # a pause: the old frames leave the window
+    assert rate.frame_shown() is None
+    result = GenerateResult(1, np.zeros((8, 8, 3), np.uint8),
+                            StageTimings(2.0, 0.0, 10.0, 3.0, 16.0), backend="onnx", device="cpu")
+    assert "total 16.0 ms (62 FPS max)  |  shown 20.0 FPS  |  onnx/cpu" in format_meter(result,
+                                                                                      20.0)
+    assert "shown" not in format_meter(result)
