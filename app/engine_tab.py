@@ -21,10 +21,10 @@ from app.bridge import GeneratorLoader, LiveEngine, ModelLoadJob, default_loader
 from app.distill_panel import DistillPanel
 from app.model_picker import ModelSourcePicker
 from app.settings import AppSettings
+from engine.api import ONNX_BACKENDS
 
 BACKENDS = (("Automatic", "auto"), ("PyTorch", "torch"), ("ONNX Runtime", "onnx"),
             ("ONNX Runtime int8 (CPU)", "onnx-int8"))
-ONNX_BACKENDS = ("onnx", "onnx-int8")
 
 
 def onnx_backend_available() -> bool:

@@ -18,6 +18,7 @@ from app.engine_tab import EngineTab, onnx_backend_available
 from app.live_tab import LiveTab
 from app.model_picker import looks_like_hub_id
 from app.settings import AppSettings, load_settings, save_settings
+from engine.api import BACKENDS, ONNX_BACKENDS
 
 APP_NAME = "DMD Studio"
 SCREENSHOT_TIMEOUT_MS = 300_000
@@ -131,7 +132,7 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="main.py", description=f"{APP_NAME}: live one-step generation.")
     parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx", "onnx-int8"),
+    parser.add_argument("--backend", choices=("auto", *BACKENDS),
                         help="runtime (default: auto, ONNX Runtime on a CPU for small models "
                              "such as the embedded one, else PyTorch; onnx-int8: int8 matrix "
                              "products on the CPU, the fastest frames)")
@@ -142,7 +143,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     if options.model and not Path(options.model).expanduser().is_dir() \
             and not looks_like_hub_id(options.model):
         parser.error(f"--model {options.model}: no such folder, and not a hub id (owner/name)")
-    if options.backend in ("onnx", "onnx-int8") and not onnx_backend_available():
+    if options.backend in ONNX_BACKENDS and not onnx_backend_available():
         parser.error(f"--backend {options.backend}: the ONNX Runtime backend is not available "
                      "in this build")
     if options.screenshot and not Path(options.screenshot).expanduser().parent.is_dir():

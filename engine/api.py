@@ -6,6 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+BACKENDS = ("torch", "onnx", "onnx-int8")  # onnx-int8: CPU graphs with int8 matrix products
+ONNX_BACKENDS = BACKENDS[1:]
+
 
 class EngineError(Exception):
     """An error the user can act on; its message is one sentence, shown as is."""

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.api import EngineError
+from engine.api import ONNX_BACKENDS, EngineError
 from engine.bench.keystroke import PROMPT, keystroke_stats
 from engine.bench.stages import find_teacher, stage_ms, student_vs_teacher
 from engine.bench.timing import machine_info, peak_rss_mb
@@ -21,7 +21,7 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
     """create_backend with an explicit thread count; returns (backend, threads in use)."""
     import torch
 
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         from engine.runtime.onnx_backend import OnnxBackend
 
         runtime = OnnxBackend.load(model, device, threads=threads, int8=backend == "onnx-int8")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from engine.api import EngineError
-from engine.runtime import BACKENDS
+from engine.api import BACKENDS, EngineError
 from engine.service import DIRECT_FRAME_MS
 
 BACKEND_CHOICES = (*BACKENDS, "all")

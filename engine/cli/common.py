@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.api import EngineError
+from engine.api import BACKENDS, EngineError
 from engine.pipeline.loading import default_model
-from engine.runtime import BACKENDS
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.api import EngineError
+from engine.api import BACKENDS, EngineError
 from engine.pipeline.loading import ASSETS_DIR
-from engine.runtime import BACKENDS
 
 
 def add_parser(subparsers) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from engine.api import EngineError
+from engine.api import BACKENDS, ONNX_BACKENDS, EngineError
 
-BACKENDS = ("torch", "onnx", "onnx-int8")  # onnx-int8: CPU graphs with int8 matrix products
 # "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
 # its export takes seconds and its frames are ~2x faster than eager torch there
 # (docs/benchmarks.md); bigger models would spend minutes and gigabytes exporting first.
@@ -71,7 +70,7 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto"):
 
         restore_torch_threads()
         return TorchBackend.load(model, device)
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         try:
             from engine.runtime.onnx_backend import OnnxBackend
         except ModuleNotFoundError as error:
