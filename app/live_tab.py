@@ -1,8 +1,9 @@
 """The Live tab: prompt, canvas, mode, seed, steps, meter and compare, all request-driven.
 
 Every input change snapshots the state into a frozen GenerateRequest and submits it; the
-service's single-slot mailbox drops stale ones, so there is no button and no debounce. With
-Preview on, a multi-step frame is shown first at one step and refined when the input pauses.
+service's single-slot mailbox drops stale ones, so there is no button and no debounce. A
+multi-step frame may be shown first at one step and refined when the input pauses: always,
+never, or (auto) only while the full frame is expected to take longer than DIRECT_FRAME_MS.
 """
 
 from __future__ import annotations
