@@ -12,7 +12,13 @@ import torch
 from PIL import Image
 
 from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
-from engine.pipeline.sampling import ddim_sample, edit_start, multistep_sample, teacher_start
+from engine.pipeline.sampling import (
+    ddim_sample,
+    edit_start,
+    gaussian_blur,
+    multistep_sample,
+    teacher_start,
+)
 from engine.pipeline.schedule import ddim_timesteps, student_timesteps, x0_from_eps
 from engine.pipeline.text import TextEmbedding
 
@@ -121,6 +127,8 @@ class Generator:
         top = self.schedule.num_train_timesteps
         self.default_timesteps = list(config.get("timesteps") or student_timesteps(1, top))
         self.edit_timesteps = list(config.get("edit_timesteps") or student_timesteps(4, top))
+        # student.json "one_step_smoothing": latent blur sigma of the one-step frame from noise
+        self.one_step_smoothing = float(config.get("one_step_smoothing") or 0.0)
         self._teacher: Generator | None = None
 
     def clear_caches(self) -> None:
@@ -288,4 +296,6 @@ class Generator:
         if first_x0 is None:
             first_x0 = x0_fn(x_start, timesteps[0])
             self.first_step_cache.put(key, first_x0)
+        if len(timesteps) == 1:  # the refinement's next step starts from the unsmoothed x0
+            return gaussian_blur(first_x0, self.one_step_smoothing)
         return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise, first_x0)

@@ -6,6 +6,7 @@ noise_fn(shape) returns fresh standard normal noise (seeded by the caller).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -66,3 +67,22 @@ def edit_start(edit_timesteps: Sequence[int], strength: float,
 def teacher_start(steps: int, strength: float) -> int:
     """Index into an N-step DDIM list where img2img starts: strength 1 -> 0, 0 -> N."""
     return steps - int(round(steps * strength))
+
+
+def gaussian_blur(latents: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) latents over H and W, edges replicated; sigma
+    in latent pixels (0: unchanged). The one-step frame's latents carry more fine detail than
+    the teacher's (its x0 at t = 999 amplifies the UNet's noise 14.6x), which a blur of about
+    half a latent pixel removes (docs/benchmarks.md, session 8)."""
+    if sigma <= 0:
+        return latents
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(latents.device, latents.dtype)
+    channels = latents.shape[1]
+    rows = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    cols = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    padded = torch.nn.functional.pad(latents, (radius, radius, radius, radius), mode="replicate")
+    blurred = torch.nn.functional.conv2d(padded, rows, groups=channels)
+    return torch.nn.functional.conv2d(blurred, cols, groups=channels)

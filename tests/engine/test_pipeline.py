@@ -231,3 +231,42 @@ def test_a_refinement_reuses_its_previews_first_step(tiny_sketch_model_dir):
     assert len(calls) == 4 and np.array_equal(again, full)
     alone, _ = generator.generate(GenerateRequest("cat", seed=2, steps=1, sketch=sketch))
     assert np.array_equal(alone, preview)
+
+
+def test_gaussian_blur_keeps_flat_fields_and_damps_fine_detail():
+    from engine.pipeline.sampling import gaussian_blur
+
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert gaussian_blur(latents, 0.0) is latents
+    flat = torch.full((1, 4, 16, 16), 0.7)
+    assert torch.allclose(gaussian_blur(flat, 0.6), flat, atol=1e-6)  # edges replicated
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1.0
+    checker = checker.expand(1, 4, 16, 16).contiguous()
+    blurred = gaussian_blur(checker, 0.6)
+    assert blurred.shape == checker.shape
+    assert blurred[..., 4:12, 4:12].abs().max() < 0.2  # the finest pattern: 0.11 of it left
+    assert abs(float(gaussian_blur(latents, 0.6).mean() - latents.mean())) < 0.02
+
+
+def test_one_step_smoothing_blurs_only_the_one_step_frame(tiny_student_dir, tmp_path):
+    import shutil
+
+    smooth_dir = shutil.copytree(tiny_student_dir, tmp_path / "smooth")
+    config = json.loads((smooth_dir / "student.json").read_text())
+    (smooth_dir / "student.json").write_text(json.dumps({**config, "timesteps": [999, 299],
+                                                         "one_step_smoothing": 0.6}))
+    plain_dir = shutil.copytree(smooth_dir, tmp_path / "plain")
+    (plain_dir / "student.json").write_text(json.dumps({**config, "timesteps": [999, 299]}))
+    smooth = Generator(TorchBackend.load(str(smooth_dir), "cpu"))
+    plain = Generator(TorchBackend.load(str(plain_dir), "cpu"))
+    assert smooth.one_step_smoothing == 0.6 and plain.one_step_smoothing == 0.0
+
+    def image(generator, **fields):
+        return generator.generate(GenerateRequest("red apple", seed=3, **fields))[0]
+
+    assert not np.array_equal(image(smooth, steps=1), image(plain, steps=1))
+    # the two-step frame refines the unsmoothed first step (cached by the one-step frame)
+    np.testing.assert_array_equal(image(smooth, steps=2), image(plain, steps=2))
+    edit = np.full((32, 32, 3), 200, np.uint8)  # edits start below t = 999: no blur
+    np.testing.assert_array_equal(image(smooth, steps=1, init_image=edit, strength=0.5),
+                                  image(plain, steps=1, init_image=edit, strength=0.5))
