@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.api import EngineError
-from engine.cli.common import lower_cpu_priority
+from engine.cli.common import lower_cpu_priority, parse_timesteps
 
 DESCRIPTION = """\
 Distill a diffusion teacher into a one-step (or few-step) student with Distribution
@@ -76,6 +76,9 @@ def add_parser(subparsers) -> None:
     add("--student-steps", type=int, default=None,
         help="1 (default): one step from t=999; 2: 999,499; 4: 999,749,499,249, trained "
              "with backward simulation (dmd2 only)")
+    add("--student-timesteps", default=None,
+        help="the student's schedule when not evenly spaced, e.g. 999,299 (decreasing, "
+             "starting at the teacher's top timestep; sets --student-steps to its length)")
     add("--prompts", type=Path, default=None,
         help="text file with one prompt a line (default: the emoji captions for the embedded "
              "teacher, a built-in list of generic prompts otherwise)")
@@ -165,6 +168,11 @@ def prepare_config(args):
     from engine.pipeline.loading import check_layout, resolve_model_dir
 
     config, given = config_from_args(args)
+    if "student_timesteps" in given:
+        config.student_timesteps = parse_timesteps(args.student_timesteps, "--student-timesteps")
+        if "student_steps" not in given:
+            config.student_steps = len(config.student_timesteps)
+            given.add("student_steps")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise EngineError(f"--max-minutes must be positive, not {args.max_minutes}.")
     out = Path(config.out)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from engine.api import BACKENDS, EngineError
+from engine.cli.common import parse_timesteps
 from engine.pipeline.loading import ASSETS_DIR
 
 
@@ -38,20 +39,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.set_defaults(run=run)
-
-
-def parse_timesteps(text: str, num_train_timesteps: int = 1000) -> list[int]:
-    """"999,299" -> [999, 299]: strictly decreasing integers in [0, num_train_timesteps)."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise EngineError(f"--timesteps {text!r} must be integers separated by commas, "
-                          "e.g. 999,299.") from None
-    decreasing = values == sorted(set(values), reverse=True)
-    if not decreasing or any(not 0 <= value < num_train_timesteps for value in values):
-        raise EngineError(f"--timesteps {text!r} must decrease and lie in 0..."
-                          f"{num_train_timesteps - 1}.")
-    return values
 
 
 def run(args) -> int:

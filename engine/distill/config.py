@@ -45,6 +45,8 @@ class DistillConfig:
     regression_batch: int | None = None  # pairs per step (default: batch // 4, at least 1)
     regression_distance: str = "l2"  # latent-space l2 (MSE) or l1
     student_steps: int = 1  # 1 -> timesteps [999]; 4 -> [999, 749, 499, 249]
+    # The student's schedule when not evenly spaced, e.g. [999, 299] (decreasing, from the top)
+    student_timesteps: list[int] | None = None
     dm_min_t_fraction: float = 0.02  # DM loss t ~ U{2% .. 98%} of the schedule
     dm_max_t_fraction: float = 0.98
     prompts: str | None = None  # text file, one prompt a line (None: default list)
@@ -113,6 +115,10 @@ class DistillConfig:
             non_negative(name, getattr(self, name))
         if self.student_steps not in STUDENT_STEP_CHOICES:
             raise EngineError(f"--student-steps must be 1, 2 or 4, not {self.student_steps}.")
+        if self.student_timesteps is not None and len(self.student_timesteps) != \
+                self.student_steps:
+            raise EngineError(f"--student-steps {self.student_steps} disagrees with the "
+                              f"{len(self.student_timesteps)} --student-timesteps.")
         if self.regression_distance not in REGRESSION_DISTANCES:
             raise EngineError(f"--regression-distance must be l2 or l1, not "
                               f"{self.regression_distance!r}.")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.api import EngineError
 from engine.distill import checkpoint as ckpt
 from engine.distill import setup
 from engine.distill.config import DistillConfig
@@ -46,6 +47,18 @@ from engine.pipeline.schedule import student_timesteps
 from engine.pipeline.text import TextEmbedding
 
 
+def student_schedule(config: DistillConfig, num_train_timesteps: int) -> list[int]:
+    """The student's timesteps: --student-timesteps, else evenly spaced from the top. The
+    first must be the top one: the student starts from pure noise (DMD2 sec. 4.5)."""
+    if config.student_timesteps is None:
+        return student_timesteps(config.student_steps, num_train_timesteps)
+    timesteps = [int(t) for t in config.student_timesteps]
+    if timesteps[0] != num_train_timesteps - 1:
+        raise EngineError(f"--student-timesteps must start at the teacher's top timestep "
+                          f"{num_train_timesteps - 1}, not {timesteps[0]}.")
+    return timesteps
+
+
 class DistillTrainer:
     """Owns the networks, optimisers and run folder of one distillation run."""
 
@@ -65,7 +78,7 @@ class DistillTrainer:
         self.reporter.stage("loading teacher", 1, 1)
         self.schedule = self.parts.schedule
         top = self.schedule.num_train_timesteps
-        self.timesteps = student_timesteps(config.student_steps, top)
+        self.timesteps = student_schedule(config, top)
         # 2. student and critic (fp32 copies of the teacher), optimisers, schedules
         from accelerate.utils import set_seed
 

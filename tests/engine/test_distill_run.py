@@ -308,3 +308,47 @@ def test_raising_steps_on_resume_keeps_the_clamped_warmup():
     saved = DistillConfig.from_dict(started.to_dict())
     resumed = DistillConfig(steps=2000).merged_for_resume(saved, {"steps"}).resolve()
     assert resumed.steps == 2000 and resumed.effective_warmup == 100
+
+
+def test_a_chosen_student_schedule_is_trained_and_written(tiny_model_dir, tmp_path, one_thread):
+    from engine.distill.trainer import DistillTrainer
+
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, out, method="dmd2", student_steps=2,
+                         student_timesteps=[999, 299], regression_weight=0.0,
+                         checkpoint_every=2).resolve()
+    assert run_trainer(config) == 2
+    student = json.loads((out / "student" / "student.json").read_text())
+    assert student["timesteps"] == [999, 299]
+    assert DistillConfig.load(out / "config.json").student_timesteps == [999, 299]
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(Exception, match="must start at the teacher's top timestep 999"):
+        DistillTrainer(tiny_config(tiny_model_dir, tmp_path / "bad", method="dmd2",
+                                   student_steps=2, student_timesteps=[899, 299]).resolve())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--student-timesteps", "999,abc"], "must be integers"),
+    (["--student-timesteps", "299,999"], "must decrease"),
+    (["--student-timesteps", "999,299", "--student-steps", "4"], "disagrees with the 2"),
+])
+def test_bad_student_timesteps_fail_with_one_line(tmp_path, tiny_model_dir, flags, message):
+    result = run_cli("--teacher", str(tiny_model_dir), "--method", "dmd2", *flags, "--out",
+                     str(tmp_path / "run"), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_student_timesteps_alone_set_the_step_count(tmp_path, tiny_model_dir):
+    import argparse
+
+    from engine.cli import distill
+
+    parser = argparse.ArgumentParser()
+    distill.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["distill", "--teacher", str(tiny_model_dir), "--method", "dmd2",
+                              "--student-timesteps", "999,299", "--out", str(tmp_path / "r")])
+    config = distill.prepare_config(args)
+    assert config.student_steps == 2 and config.student_timesteps == [999, 299]
