@@ -23,7 +23,7 @@ from app.model_picker import ModelSourcePicker
 from app.settings import AppSettings
 from engine.api import ONNX_BACKENDS
 
-BACKENDS = (("Automatic", "auto"), ("PyTorch", "torch"), ("ONNX Runtime", "onnx"),
+BACKEND_LABELS = (("Automatic", "auto"), ("PyTorch", "torch"), ("ONNX Runtime", "onnx"),
             ("ONNX Runtime int8 (CPU)", "onnx-int8"))
 
 
@@ -55,7 +55,7 @@ class ModelPanel(QGroupBox):
         self.picker.set_value(settings.model_source, settings.model)
         self.picker.last_folder = settings.model if settings.model_source == "folder" else ""
         self.backend_combo = QComboBox()
-        for label, backend in BACKENDS:
+        for label, backend in BACKEND_LABELS:
             self.backend_combo.addItem(label, backend)
         self.backend_combo.setItemData(0, "ONNX Runtime on a CPU for small models such as the "
                                           "embedded one (about 2x faster frames), PyTorch on a "

@@ -21,16 +21,12 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
     """create_backend with an explicit thread count; returns (backend, threads in use)."""
     import torch
 
-    if backend in ONNX_BACKENDS:
-        from engine.runtime.onnx_backend import OnnxBackend
-
-        runtime = OnnxBackend.load(model, device, threads=threads, int8=backend == "onnx-int8")
-        return runtime, runtime.threads
     from engine.runtime import create_backend
 
-    if threads:
+    if threads and backend not in ONNX_BACKENDS:
         torch.set_num_threads(threads)
-    return create_backend(model, backend, device), torch.get_num_threads()
+    runtime = create_backend(model, backend, device, onnx_threads=threads)
+    return runtime, getattr(runtime, "threads", None) or torch.get_num_threads()
 
 
 def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repeats: int = 10,

@@ -107,6 +107,19 @@ def render_emoji(char: str, font: ImageFont.FreeTypeFont,
     return np.asarray(image, dtype=np.uint8)
 
 
+def gradient_edges(image: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean HxW edges of an HxWx3 uint8 image: the strongest Sobel colour gradient of the
+    lightly blurred image above threshold, thinned to pixels near a local maximum."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float32) / 255.0, sigma=(1.0, 1.0, 0))
+    grad = np.zeros(image.shape[:2], np.float32)
+    for channel in range(3):
+        gx = ndimage.sobel(smooth[..., channel], axis=1)
+        gy = ndimage.sobel(smooth[..., channel], axis=0)
+        grad = np.maximum(grad, np.hypot(gx, gy))
+    local_max = grad >= ndimage.maximum_filter(grad, size=3) * 0.8
+    return (grad > threshold) & local_max
+
+
 def extract_sketch(image: np.ndarray, seed: int) -> np.ndarray:
     """Line sketch of an RGB image: colour-gradient edges as thin dark strokes on white.
 
@@ -114,18 +127,7 @@ def extract_sketch(image: np.ndarray, seed: int) -> np.ndarray:
     field, so that the strokes look like a hand drawing; a pure function of (image, seed).
     """
     rng = np.random.default_rng(seed)
-    rgb = image.astype(np.float32) / 255.0
-    smooth = ndimage.gaussian_filter(rgb, sigma=(1.0, 1.0, 0))
-    grad = np.zeros(rgb.shape[:2], np.float32)
-    for channel in range(3):
-        gx = ndimage.sobel(smooth[..., channel], axis=1)
-        gy = ndimage.sobel(smooth[..., channel], axis=0)
-        grad = np.maximum(grad, np.hypot(gx, gy))
-    threshold = rng.uniform(0.25, 0.45)
-    edges = grad > threshold
-    # Non-maximum thinning by a skeleton-like erosion: keep pixels that are local maxima.
-    local_max = grad >= ndimage.maximum_filter(grad, size=3) * 0.8
-    edges &= local_max
+    edges = gradient_edges(image, rng.uniform(0.25, 0.45))
     # Gaps: drop short runs of pixels with smooth random noise.
     gaps = ndimage.gaussian_filter(rng.standard_normal(edges.shape), 3.0)
     edges &= gaps > np.quantile(gaps, rng.uniform(0.0, 0.15))

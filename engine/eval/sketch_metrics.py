@@ -13,21 +13,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from engine.embedded.dataset import gradient_edges
+
 EDGE_THRESHOLD = 0.35  # the middle of the dataset sketches' random 0.25-0.45
 STROKE_BELOW = 128  # sketch pixels darker than this are strokes
 TOLERANCE_PX = 2
 
 
 def edge_map(image: np.ndarray) -> np.ndarray:
-    """Boolean HxW edges of an HxWx3 uint8 image."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32) / 255.0, sigma=(1.0, 1.0, 0))
-    gradient = np.zeros(image.shape[:2], np.float32)
-    for channel in range(3):
-        gx = ndimage.sobel(smooth[..., channel], axis=1)
-        gy = ndimage.sobel(smooth[..., channel], axis=0)
-        gradient = np.maximum(gradient, np.hypot(gx, gy))
-    local_max = gradient >= ndimage.maximum_filter(gradient, size=3) * 0.8
-    return (gradient > EDGE_THRESHOLD) & local_max
+    """Boolean HxW edges of an HxWx3 uint8 image, found as the dataset's sketches are."""
+    return gradient_edges(image, EDGE_THRESHOLD)
 
 
 def stroke_f1(sketch: np.ndarray, image: np.ndarray, tolerance: int = TOLERANCE_PX) -> float:

@@ -61,8 +61,10 @@ def choose_backend(model: str, device: str = "auto") -> str:
     return "onnx" if 0 < size <= AUTO_ONNX_MAX_UNET_BYTES else "torch"
 
 
-def create_backend(model: str, backend: str = "torch", device: str = "auto"):
-    """Load a model folder into the named backend ("auto": see choose_backend)."""
+def create_backend(model: str, backend: str = "torch", device: str = "auto",
+                   onnx_threads: int | None = None):
+    """Load a model folder into the named backend ("auto": see choose_backend); onnx_threads
+    sets onnxruntime's intra-op threads (default: one per physical core)."""
     if backend == "auto":
         backend = choose_backend(model, device)
     if backend == "torch":
@@ -75,5 +77,5 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto"):
             from engine.runtime.onnx_backend import OnnxBackend
         except ModuleNotFoundError as error:
             raise EngineError("The ONNX Runtime backend is not available in this build.") from error
-        return OnnxBackend.load(model, device, int8=backend == "onnx-int8")
+        return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
     raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")
