@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.api import EngineError, GenerateRequest
 from engine.cli.common import add_model_arguments, load_cli_generator
+from engine.recipe import Recipe, png_info, read_recipe
 
 
 def add_parser(subparsers) -> None:
@@ -26,16 +28,19 @@ def add_parser(subparsers) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the text prompt (may be empty: unconditional)")
     prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line (batch)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    prompt.add_argument("--recipe", type=Path, metavar="IMAGE",
+                        help="draw again the frame an image saved by DMD Studio records (its "
+                             "prompt, seed, steps, sketch...; flags given here override it)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
                         help="student steps (default: the count the student was distilled "
                              "for, its student.json timesteps; 1 for a one-step student)")
-    parser.add_argument("--teacher-steps", type=int, default=0, metavar="N",
+    parser.add_argument("--teacher-steps", type=int, default=None, metavar="N",
                         help="use the N-step DDIM teacher sampler with CFG instead of the student")
-    parser.add_argument("--guidance", type=float, default=4.0,
+    parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale for --teacher-steps (default 4)")
     parser.add_argument("--init", type=Path, help="an image to edit (img2img)")
-    parser.add_argument("--strength", type=float, default=0.6,
+    parser.add_argument("--strength", type=float, default=None,
                         help="img2img strength in [0, 1]: 0 keeps --init, 1 ignores it "
                              "(default 0.6)")
     parser.add_argument("--sketch", type=Path, help="a line sketch that conditions the image")
@@ -69,8 +74,10 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         raise EngineError(f"Could not write {path} ({error.strerror or error}).") from error
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    write_atomic(path, lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
+def save_png(image: np.ndarray, path: Path, recipe: Recipe) -> None:
+    """The image as a PNG carrying its recipe, written atomically."""
+    write_atomic(path, lambda temporary: Image.fromarray(image).save(
+        temporary, format="PNG", pnginfo=png_info(recipe)))
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -84,33 +91,54 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def run(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.strength <= 1.0:
+def base_request(args: argparse.Namespace) -> GenerateRequest:
+    """The request the flags describe (prompt left empty), over --recipe's when one is given;
+    flags left out take the recipe's values, or the defaults without one."""
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise EngineError(f"--strength must be between 0 and 1, not {args.strength}.")
-    if args.teacher_steps < 0:
+    if args.teacher_steps is not None and args.teacher_steps < 0:
         raise EngineError("--teacher-steps must be zero or positive.")
+    recipe = read_recipe(args.recipe) if args.recipe else None
+    if args.recipe and recipe is None:
+        raise EngineError(f"{args.recipe} has no DMD Studio recipe (it was not saved by "
+                          "DMD Studio or generate).")
+    base = recipe.request() if recipe else GenerateRequest(prompt="", strength=0.6)
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
-    prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
-    generator = load_cli_generator(args)
-    steps = args.steps or generator.default_steps
+    chosen = {
+        "prompt": base.prompt if recipe else args.prompt or "",
+        "seed": args.seed, "steps": args.steps, "strength": args.strength,
+        "teacher_steps": args.teacher_steps, "guidance": args.guidance,
+        "init_image": init_image, "sketch": sketch,
+    }
+    return replace(base, **{name: value for name, value in chosen.items() if value is not None})
 
-    def request_for(prompt: str) -> GenerateRequest:
-        return GenerateRequest(prompt=prompt, seed=args.seed, steps=steps,
-                               init_image=init_image, strength=args.strength, sketch=sketch,
-                               teacher_steps=args.teacher_steps, guidance=args.guidance)
+
+def run(args: argparse.Namespace) -> int:
+    base = base_request(args)
+    if base.init_image is None:  # the strength only edits an image (a recipe's is 1.0)
+        base = replace(base, strength=1.0 if base.sketch is None else base.strength)
+    prompts = read_prompts(args.prompts) if args.prompts else [base.prompt]
+    generator = load_cli_generator(args)
+    if args.steps is None and not args.recipe:
+        base = replace(base, steps=generator.default_steps)
+    model = args.model or "embedded student"
+
+    def draw(prompt: str, path: Path) -> float:
+        request = replace(base, prompt=prompt)
+        image, timings = generator.generate(request)
+        save_png(image, path, Recipe.from_request(request, model, args.backend))
+        return timings.total_ms
 
     if args.prompts is None:
-        image, timings = generator.generate(request_for(args.prompt))
-        save_png(image, args.out)
-        print(f"wrote {args.out} ({timings.total_ms:.0f} ms)")
+        milliseconds = draw(base.prompt, args.out)
+        print(f"wrote {args.out} ({milliseconds:.0f} ms)")
         return 0
     index = {}
     for number, prompt in enumerate(prompts):
-        image, _ = generator.generate(request_for(prompt))
         name = f"{number:04d}.png"
-        save_png(image, args.out / name)
-        index[name] = {"prompt": prompt, "seed": args.seed}
+        draw(prompt, args.out / name)
+        index[name] = {"prompt": prompt, "seed": base.seed}
     text = json.dumps(index, indent=1, ensure_ascii=False)
     write_atomic(args.out / "index.json", lambda temporary: temporary.write_text(text, "utf-8"))
     print(f"wrote {len(prompts)} images and index.json to {args.out}")

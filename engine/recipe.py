@@ -1,0 +1,128 @@
+"""Recipes: everything that made a frame, kept in the PNG it is saved as.
+
+A recipe is one JSON text chunk (key RECIPE_KEY) holding the request's prompt, seed, steps,
+mode, strength and sampler, the model and backend that drew it, and the exact sketch or
+image it was conditioned on (a base64 PNG), so the app and `generate --recipe` can draw
+the same frame again. Pillow reads and writes it; the app writes the same text with Qt.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from engine.api import EngineError, GenerateRequest
+
+RECIPE_KEY = "dmd-studio"
+RECIPE_VERSION = 1
+MODES = ("text", "sketch", "edit")
+
+
+def encode_png(image: np.ndarray) -> str:
+    """HxWx3 uint8 RGB -> base64 text of a PNG (lossless, so the frame reproduces exactly)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_png(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+        return np.asarray(image.convert("RGB")).copy()
+
+
+@dataclass(frozen=True, eq=False)
+class Recipe:
+    """What one frame was made from; `request()` asks for the same frame again."""
+
+    prompt: str
+    seed: int = 0
+    steps: int = 1
+    mode: str = "text"  # text, sketch (conditioned on `sketch`) or edit (of `init_image`)
+    strength: float = 1.0
+    teacher_steps: int = 0
+    guidance: float = 4.0
+    model: str = ""  # what drew it, for the reader: "embedded student", a folder, a hub id
+    backend: str = ""
+    sketch: np.ndarray | None = None  # the request's sketch on white, HxWx3 uint8
+    init_image: np.ndarray | None = None  # the image it edited, HxWx3 uint8
+
+    @classmethod
+    def from_request(cls, request: GenerateRequest, model: str = "",
+                     backend: str = "") -> Recipe:
+        mode = "edit" if request.init_image is not None else \
+            "sketch" if request.sketch is not None else "text"
+        return cls(prompt=request.prompt, seed=request.seed, steps=request.steps, mode=mode,
+                   strength=request.strength, teacher_steps=request.teacher_steps,
+                   guidance=request.guidance, model=model, backend=backend,
+                   sketch=request.sketch, init_image=request.init_image)
+
+    def request(self) -> GenerateRequest:
+        return GenerateRequest(prompt=self.prompt, seed=self.seed, steps=self.steps,
+                               strength=self.strength, teacher_steps=self.teacher_steps,
+                               guidance=self.guidance, sketch=self.sketch,
+                               init_image=self.init_image)
+
+    def describe(self) -> str:
+        """One line: '"red apple", seed 7, 2 steps' (and the mode, sampler and model)."""
+        sampler = (f"teacher {self.teacher_steps} steps, guidance {self.guidance:g}"
+                   if self.teacher_steps else f"{self.steps} step{'s' * (self.steps > 1)}")
+        parts = [json.dumps(self.prompt, ensure_ascii=False), f"seed {self.seed}", sampler]
+        if self.mode != "text":
+            parts.append(self.mode if self.mode == "sketch" else f"edit {self.strength:.2f}")
+        if self.model:
+            parts.append(f"made with {self.model}")
+        return ", ".join(parts)
+
+    def to_text(self) -> str:
+        values = asdict(self)
+        for name in ("sketch", "init_image"):
+            values[name] = None if values[name] is None else encode_png(values[name])
+        return json.dumps({"version": RECIPE_VERSION, **values}, ensure_ascii=False)
+
+    @classmethod
+    def from_text(cls, text: str) -> Recipe:
+        """Parse to_text's JSON; a damaged or foreign recipe raises EngineError."""
+        try:
+            values = json.loads(text)
+            if not isinstance(values, dict) or values.get("version") != RECIPE_VERSION:
+                raise ValueError("not a version-1 recipe")
+            if not isinstance(values.get("prompt"), str) or values.get("mode") not in MODES:
+                raise ValueError("no prompt or an unknown mode")
+            typed = {name: convert(values[name]) for name, convert in FIELD_TYPES.items()
+                     if values.get(name) is not None}
+            for name in ("sketch", "init_image"):
+                if values.get(name) is not None:
+                    typed[name] = decode_png(values[name])
+            return cls(**typed)
+        except (ValueError, TypeError, OSError, UnidentifiedImageError) as error:
+            raise EngineError(f"The image's DMD Studio recipe is damaged ({error}).") from error
+
+
+FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength": float,
+               "teacher_steps": int, "guidance": float, "model": str, "backend": str}
+
+
+def png_info(recipe: Recipe) -> PngImagePlugin.PngInfo:
+    """Text chunks for Image.save(..., pnginfo=...): the recipe and the software's name."""
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(RECIPE_KEY, recipe.to_text())
+    info.add_text("Software", "DMD Studio")
+    return info
+
+
+def read_recipe(path: str | Path) -> Recipe | None:
+    """The recipe saved in an image file, or None when it has none (any other image)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(RECIPE_KEY)
+    except FileNotFoundError as error:
+        raise EngineError(f"{path} does not exist.") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise EngineError(f"{path} is not a readable image.") from error
+    return None if text is None else Recipe.from_text(text)
