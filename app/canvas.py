@@ -10,6 +10,8 @@ import numpy as np
 from PySide6.QtCore import QElapsedTimer, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (
     QColor,
+    QDragEnterEvent,
+    QDropEvent,
     QImage,
     QMouseEvent,
     QPainter,
@@ -40,9 +42,41 @@ def array_to_qimage(array: np.ndarray) -> QImage:
     return QImage(array.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
 
 
-def save_image_atomic(image: QImage, path: str | Path) -> None:
-    """Save a PNG to a temporary file beside the target, then rename over it."""
+def local_file(event: QDragEnterEvent | QDropEvent) -> str | None:
+    """The first local file a drag carries, or None."""
+    urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+    paths = [url.toLocalFile() for url in urls if url.isLocalFile()]
+    return paths[0] if paths else None
+
+
+def sketch_layer_from_white(array: np.ndarray) -> QImage:
+    """A sketch on white (HxWx3 uint8) -> a transparent sketch layer that composites back
+    onto white to the same pixels: white becomes clear, ink keeps its colour ("colour to
+    alpha": alpha = 255 - darkest channel, premultiplied colour = value + alpha - 255)."""
+    rgb = np.ascontiguousarray(array[:, :, :3], dtype=np.int16)
+    alpha = 255 - rgb.min(axis=2)
+    premultiplied = rgb + alpha[..., None] - 255
+    height, width = alpha.shape
+    bgra = np.empty((height, width, 4), np.uint8)  # ARGB32 words, little-endian bytes
+    bgra[..., :3] = premultiplied[..., ::-1]
+    bgra[..., 3] = alpha
+    layer = QImage(bgra.data, width, height, 4 * width,
+                   QImage.Format.Format_ARGB32_Premultiplied).copy()
+    if (width, height) != (SKETCH_SIZE, SKETCH_SIZE):
+        layer = layer.scaled(SKETCH_SIZE, SKETCH_SIZE, Qt.AspectRatioMode.IgnoreAspectRatio,
+                             Qt.TransformationMode.SmoothTransformation)
+    return layer
+
+
+def save_image_atomic(image: QImage, path: str | Path,
+                      texts: dict[str, str] | None = None) -> None:
+    """Save a PNG (with `texts` as its text chunks) to a temporary file beside the target,
+    then rename over it."""
     path = Path(path)
+    if texts:
+        image = image.copy()
+        for key, value in texts.items():
+            image.setText(key, value)
     # a fresh name that QImage creates itself, so the file gets the usual permissions
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png")
     try:
@@ -86,15 +120,19 @@ class Canvas(QWidget):
     """Paints the frame (nearest-neighbour, aspect kept) with the sketch layer on top."""
 
     sketch_changed = Signal()  # on stroke end, throttled during a stroke, on undo/redo/clear
+    file_dropped = Signal(str)  # a local file dragged onto the canvas
+    image_dropped = Signal(QImage)  # image data dragged onto the canvas (e.g. from a browser)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(256, 256)
         self.setCursor(Qt.CursorShape.CrossCursor)
+        self.setAcceptDrops(True)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self.frame: QImage | None = None  # newest generated frame
         self.base_image: QImage | None = None  # opened image to edit (SKETCH_SIZE square)
-        self.sketch = self._blank_sketch()
+        self.sketch = self.blank_sketch()
         self.undo_stack = QUndoStack(self)
         self.brush_colour = QColor("#000000")
         self.brush_size = 6
@@ -106,7 +144,7 @@ class Canvas(QWidget):
         self._since_emit = QElapsedTimer()
 
     @staticmethod
-    def _blank_sketch() -> QImage:
+    def blank_sketch() -> QImage:
         image = QImage(SKETCH_SIZE, SKETCH_SIZE, QImage.Format.Format_ARGB32_Premultiplied)
         image.fill(Qt.GlobalColor.transparent)
         return image
@@ -130,10 +168,14 @@ class Canvas(QWidget):
         self.sketch_changed.emit()
 
     def clear_sketch(self) -> None:
+        self.replace_sketch(self.blank_sketch(), "Clear sketch")
+
+    def replace_sketch(self, layer: QImage, text: str) -> None:
+        """Swap the whole sketch layer, undoably (clear, a restored recipe)."""
         before = self.sketch.copy()
-        self.sketch = self._blank_sketch()
+        self.sketch = layer.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
         self._halo = None
-        self.undo_stack.push(SketchEdit(self, before, self.sketch.copy(), "Clear sketch"))
+        self.undo_stack.push(SketchEdit(self, before, self.sketch.copy(), text))
         self.update()
         self.sketch_changed.emit()
 
@@ -159,10 +201,10 @@ class Canvas(QWidget):
         """The sketch layer as a PNG with transparency, written atomically."""
         save_image_atomic(self.sketch, path)
 
-    def save_frame(self, path: str | Path) -> None:
+    def save_frame(self, path: str | Path, texts: dict[str, str] | None = None) -> None:
         if self.frame is None:
             raise OSError("There is no generated image to save yet.")
-        save_image_atomic(self.frame, path)
+        save_image_atomic(self.frame, path, texts)
 
     # -- geometry --------------------------------------------------------------------------
     def target_rect(self) -> QRectF:
@@ -224,6 +266,23 @@ class Canvas(QWidget):
         painter.end()
         self._halo = None
         self.update()
+
+    # -- drops -----------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasImage() or local_file(event):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        path = local_file(event)
+        if path:
+            self.file_dropped.emit(path)
+        elif event.mimeData().hasImage():
+            self.image_dropped.emit(QImage(event.mimeData().imageData()))
+        else:
+            return
+        event.acceptProposedAction()
 
     # -- mouse -----------------------------------------------------------------------------
     def mousePressEvent(self, event: QMouseEvent) -> None:

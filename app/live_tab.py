@@ -9,18 +9,14 @@ never, or (auto) only while the full frame is expected to take longer than DIREC
 from __future__ import annotations
 
 import random
-import time
-from collections import deque
-from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QColor, QIcon, QImage, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QColorDialog,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -37,6 +33,9 @@ from PySide6.QtWidgets import (
 from app.bridge import LiveEngine
 from app.canvas import Canvas, array_to_qimage
 from app.compare_panel import ComparePanel
+from app.history import HistoryEntry, HistoryStrip
+from app.live_files import MAX_SEED, LiveFilesMixin
+from app.meter import FrameRate, format_meter
 from app.settings import AppSettings
 from engine.api import GenerateRequest, GenerateResult
 from engine.service import DIRECT_FRAME_MS
@@ -44,47 +43,9 @@ from engine.service import DIRECT_FRAME_MS
 MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
 PREVIEW_MODES = (("Preview: auto", "auto"), ("Preview: always", "always"),
                  ("Preview: off", "off"))
-MAX_SEED = 2**31 - 1
 
 
-class FrameRate:
-    """Frames shown per second over the last `window_s` seconds (None with fewer than two)."""
-
-    def __init__(self, window_s: float = 1.0, clock=time.monotonic):
-        self.window_s, self.clock = window_s, clock
-        self.arrivals: deque[float] = deque()
-
-    def frame_shown(self) -> float | None:
-        """Record a frame now; the rate of the frames shown within the window, itself
-        included."""
-        now = self.clock()
-        self.arrivals.append(now)
-        while now - self.arrivals[0] > self.window_s:
-            self.arrivals.popleft()
-        if len(self.arrivals) < 2 or now == self.arrivals[0]:
-            return None
-        return (len(self.arrivals) - 1) / (now - self.arrivals[0])
-
-
-def format_meter(result: GenerateResult, shown_fps: float | None = None) -> str:
-    """Per-stage milliseconds, the frame rate this frame's cost allows, the rate frames are
-    being shown at (while they stream), backend and device, on one line."""
-    timings = result.timings
-    stages = ["preview"] if result.preview else []
-    stages.append(f"text {timings.text_ms:.1f}")
-    if timings.encode_ms >= 0.05:
-        stages.append(f"encode {timings.encode_ms:.1f}")
-    stages += [f"unet {timings.unet_ms:.1f}", f"decode {timings.decode_ms:.1f}"]
-    fps = 1000.0 / timings.total_ms if timings.total_ms > 0 else 0.0
-    where = "/".join(part for part in (result.backend, result.device) if part) or "?"
-    size = f"{result.image.shape[1]}×{result.image.shape[0]} px" if result.image is not None \
-        else ""
-    shown = f"  |  shown {shown_fps:.1f} FPS" if shown_fps is not None else ""
-    return (f"{' · '.join(stages)} ms  |  total {timings.total_ms:.1f} ms ({fps:.0f} FPS max)"
-            f"{shown}  |  {where}  |  {size}")
-
-
-class LiveTab(QWidget):
+class LiveTab(LiveFilesMixin, QWidget):
     status_message = Signal(str)  # for the main window's status bar
 
     def __init__(self, engine: LiveEngine, settings: AppSettings, parent: QWidget | None = None):
@@ -188,6 +149,17 @@ class LiveTab(QWidget):
                                                    checkable=False)
         self.save_sketch_button = self._tool_button("Save sketch…", "Save the sketch as PNG",
                                                     checkable=False)
+        self.history = HistoryStrip()
+        self.recipe_button = self._tool_button(
+            "Open recipe…", "Set the prompt, seed, steps, mode and sketch back to what made an "
+            "image saved by DMD Studio (or drop the PNG on the history strip)", checkable=False)
+        self.copy_action = self._action("Copy image", "Ctrl+Shift+C", self.copy_frame)
+        self.paste_action = self._action("Paste image to edit", "Ctrl+Shift+V", self.paste_image)
+        self.canvas.addActions([
+            self.copy_action, self.paste_action,
+            self._action("Open image to edit…", "", self._open_image_dialog),
+            self._action("Save image…", "", lambda: self._save_dialog("image")),
+        ])
         # status
         self.model_missing = QLabel("No model is loaded. Pick one in the Engine tab.")
         self.model_missing.setStyleSheet("background:#fff3cd; color:#664d03; padding:4px;")
@@ -213,6 +185,16 @@ class LiveTab(QWidget):
             button.setShortcut(QKeySequence(shortcut))
         return button
 
+    def _action(self, text: str, shortcut: str, slot) -> QAction:
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            action.setToolTip(f"{text} ({shortcut})")
+            self.addAction(action)
+        action.triggered.connect(slot)
+        return action
+
     def _build_layout(self) -> None:
         options = QHBoxLayout()
         for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
@@ -234,6 +216,9 @@ class LiveTab(QWidget):
         self.compare.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Preferred)
         self.compare.setFixedWidth(220)
         middle.addWidget(self.compare)
+        history_row = QHBoxLayout()
+        history_row.addWidget(self.recipe_button, 0, Qt.AlignmentFlag.AlignTop)
+        history_row.addWidget(self.history, 1)
         meter_row = QHBoxLayout()
         meter_row.addWidget(self.meter, 1)
         meter_row.addWidget(self.busy_bar)
@@ -243,6 +228,7 @@ class LiveTab(QWidget):
         layout.addLayout(options)
         layout.addLayout(tools)
         layout.addLayout(middle, 1)
+        layout.addLayout(history_row)
         layout.addLayout(meter_row)
         self._on_mode_changed()
 
@@ -265,6 +251,11 @@ class LiveTab(QWidget):
         self.open_button.clicked.connect(self._open_image_dialog)
         self.save_image_button.clicked.connect(lambda: self._save_dialog("image"))
         self.save_sketch_button.clicked.connect(lambda: self._save_dialog("sketch"))
+        self.recipe_button.clicked.connect(self._open_recipe_dialog)
+        self.history.entry_chosen.connect(lambda entry: self.restore_recipe(entry.recipe))
+        self.history.file_dropped.connect(self.restore_recipe_file)
+        self.canvas.file_dropped.connect(self.open_image)
+        self.canvas.image_dropped.connect(lambda image: self.edit_image(image, "the dropped image"))
         self.compare.compare_button.clicked.connect(self.start_compare)
         self.compare.submit_requested.connect(self.submit_request)
         self.engine.result_ready.connect(self._on_result)
@@ -323,6 +314,8 @@ class LiveTab(QWidget):
             if result.ok:
                 self.canvas.set_frame(image)
                 self.last_frame_request = request
+                if not result.preview:
+                    self.history.offer(HistoryEntry(image, self.recipe_of(result)))
                 self.meter.setStyleSheet("")
                 self.meter.setText(format_meter(result, self.frame_rate.frame_shown()))
             else:
@@ -397,48 +390,6 @@ class LiveTab(QWidget):
         self.canvas.brush_colour = colour
         self.settings.brush_colour = colour.name()
         self._show_colour()
-
-    # -- files -------------------------------------------------------------------------------
-    def open_image(self, path: str) -> bool:
-        image = QImage(path)
-        if image.isNull():
-            self.status_message.emit(f"Could not read {path} as an image.")
-            return False
-        self.settings.last_image_folder = str(Path(path).parent)
-        self.canvas.set_base_image(image)
-        if self.mode == "edit":
-            self.submit_current()
-        else:
-            self.set_mode("edit")
-        self.status_message.emit(f"Editing {Path(path).name}")
-        return True
-
-    def _open_image_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open image to edit",
-                                              self.settings.last_image_folder,
-                                              "Images (*.png *.jpg *.jpeg *.bmp *.webp)")
-        if path:
-            self.open_image(path)
-
-    def save(self, what: str, path: str) -> bool:
-        """Save the frame ("image") or the sketch layer ("sketch") as PNG, atomically."""
-        try:
-            if what == "image":
-                self.canvas.save_frame(path)
-            else:
-                self.canvas.save_sketch(path)
-        except OSError as error:
-            self.status_message.emit(str(error))
-            return False
-        self.settings.last_save_folder = str(Path(path).parent)
-        self.status_message.emit(f"Saved {path}")
-        return True
-
-    def _save_dialog(self, what: str) -> None:
-        default = str(Path(self.settings.last_save_folder or Path.home()) / f"{what}.png")
-        path, _ = QFileDialog.getSaveFileName(self, f"Save {what}", default, "PNG (*.png)")
-        if path:
-            self.save(what, path if path.lower().endswith(".png") else path + ".png")
 
     def store_settings(self) -> None:
         self.settings.preview = self.preview_combo.currentData()

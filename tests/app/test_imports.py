@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
-ALLOWED_ENGINE_MODULES = {"engine.api", "engine.service", "engine.pipeline.loading"}
+ALLOWED_ENGINE_MODULES = {"engine.api", "engine.recipe", "engine.service",
+                          "engine.pipeline.loading"}
 FORBIDDEN_PACKAGES = {"torch", "diffusers", "transformers", "onnxruntime", "accelerate"}
 
 

@@ -247,7 +247,7 @@ def test_a_four_step_model_previews_at_one_step_then_refines(make_window, qtbot)
 
 
 def test_the_meter_shows_the_cost_rate_and_the_rate_frames_are_shown_at():
-    from app.live_tab import FrameRate, format_meter
+    from app.meter import FrameRate, format_meter
     from engine.api import GenerateResult, StageTimings
 
     now = [100.0]

@@ -1,0 +1,151 @@
+"""Recipes in saved frames, the history strip, clipboard and drops (fake generator)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent, QGuiApplication, QImage
+
+from app.canvas import Canvas, sketch_layer_from_white
+from engine.recipe import read_recipe
+from tests.app.conftest import FakeGenerator
+from tests.app.test_live_tab import last_delivered_request, stroke, wait_for_frame
+
+
+def drop(widget, mime: QMimeData) -> None:
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    widget.dropEvent(event)
+
+
+def file_mime(path) -> QMimeData:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    return mime
+
+
+def test_a_sketch_on_white_becomes_a_transparent_layer_that_composites_back_exactly(qtbot):
+    rng = np.random.default_rng(0)
+    sketch = np.full((256, 256, 3), 255, np.uint8)
+    sketch[40:200, 60:70] = (20, 40, 220)  # opaque blue
+    sketch[100:110, :] = rng.integers(0, 256, (10, 256, 3))  # anti-aliased, any colour
+    layer = sketch_layer_from_white(sketch)
+    assert layer.pixelColor(0, 0).alpha() == 0 and layer.pixelColor(65, 50).alpha() == 235
+    canvas = Canvas()
+    qtbot.addWidget(canvas)
+    canvas.replace_sketch(layer, "Restore")
+    assert np.abs(canvas.sketch_on_white().astype(int) - sketch).max() <= 1
+
+
+def test_a_saved_sketch_frame_restores_prompt_seed_steps_and_sketch(qtbot, make_window, tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.prompt_edit.setText("rocket")
+    tab.seed_spin.setValue(77)
+    tab.steps_combo.setCurrentIndex(tab.steps_combo.findData(2))
+    stroke(qtbot, tab.canvas, [(120, 120), (260, 240)])
+    wait_for_frame(qtbot, window, lambda request: request.sketch is not None
+                   and request.seed == 77 and request.steps == 2)
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    saved = last_delivered_request(window)
+    path = tmp_path / "rocket.png"
+    assert tab.save("image", str(path))
+    recipe = read_recipe(path)
+    assert (recipe.prompt, recipe.seed, recipe.steps, recipe.mode) == ("rocket", 77, 2, "sketch")
+    assert recipe.backend == "fake" and np.array_equal(recipe.sketch, saved.sketch)
+    assert tab.history.count() == 1  # a saved frame joins the history at once
+
+    tab.canvas.clear_sketch()
+    tab.set_mode("text")
+    tab.prompt_edit.setText("cat")
+    tab.seed_spin.setValue(3)
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "cat" and request.seed == 3)
+    assert tab.restore_recipe_file(str(path))
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "rocket")
+    again = last_delivered_request(window)
+    assert (again.seed, again.steps, tab.mode) == (77, 2, "sketch")
+    assert np.abs(again.sketch.astype(int) - saved.sketch).max() <= 1
+    tab.undo_action.trigger()  # the restore replaced the sketch undoably
+    assert tab.canvas.sketch_on_white().min() == 255
+
+
+def test_an_edit_recipe_brings_back_the_edited_image_and_strength(qtbot, make_window, tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    photo = QImage(64, 64, QImage.Format.Format_RGB32)
+    photo.fill(Qt.GlobalColor.darkGreen)
+    assert tab.edit_image(photo, "a photo")
+    tab.strength_slider.setValue(35)
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None
+                   and abs(request.strength - 0.35) < 1e-9)
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    saved = last_delivered_request(window)
+    path = tmp_path / "edit.png"
+    assert tab.save("image", str(path))
+    tab.canvas.set_base_image(None)
+    tab.set_mode("text")
+    drop(tab.history, file_mime(path))  # dropping a saved PNG on the strip restores it
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None)
+    again = last_delivered_request(window)
+    assert tab.mode == "edit" and abs(again.strength - 0.35) < 1e-9
+    assert np.array_equal(again.init_image, saved.init_image)
+
+
+def test_the_history_keeps_frames_that_settled_and_a_click_draws_one_again(qtbot, make_window):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.history.settle_timer.setInterval(300)
+    qtbot.keyClicks(tab.prompt_edit, "red apple")  # a frame per key, none left on screen
+    qtbot.waitUntil(lambda: tab.history.count() == 1, timeout=10_000)
+    tab.prompt_edit.setText("blue car")
+    qtbot.waitUntil(lambda: tab.history.count() == 2, timeout=10_000)
+    newest, older = tab.history.entries()
+    assert (newest.recipe.prompt, older.recipe.prompt) == ("blue car", "red apple")
+    assert "red apple" in tab.history.item(1).toolTip()
+    tab.history.itemClicked.emit(tab.history.item(1))
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "red apple")
+    assert tab.prompt_edit.text() == "red apple"
+    qtbot.wait(500)
+    assert tab.history.count() == 2  # the same frame again is not a new entry
+
+
+def test_copy_paste_and_dropping_images_on_the_canvas_open_them_to_edit(qtbot, make_window,
+                                                                         tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.prompt_edit.setText("tree")
+    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=10_000)
+    tab.copy_action.trigger()
+    copied = QGuiApplication.clipboard().image()
+    assert copied.size() == tab.canvas.frame.size()
+    tab.paste_action.trigger()
+    assert tab.mode == "edit" and tab.canvas.base_image is not None
+    blue = QImage(40, 20, QImage.Format.Format_RGB32)
+    blue.fill(Qt.GlobalColor.blue)
+    path = tmp_path / "blue.png"
+    assert blue.save(str(path))
+    drop(tab.canvas, file_mime(path))
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None
+                   and request.init_image[128, 128].tolist() == [0, 0, 255])
+    mime = QMimeData()
+    red = QImage(30, 30, QImage.Format.Format_RGB32)
+    red.fill(Qt.GlobalColor.red)
+    mime.setImageData(red)
+    drop(tab.canvas, mime)
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None
+                   and request.init_image[128, 128].tolist() == [255, 0, 0])
+
+
+def test_a_file_without_a_recipe_is_a_message_not_a_change(qtbot, make_window, tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    messages = []
+    tab.status_message.connect(messages.append)
+    tab.prompt_edit.setText("kept")
+    plain = tmp_path / "plain.png"
+    QImage(8, 8, QImage.Format.Format_RGB32).save(str(plain))
+    (tmp_path / "junk.png").write_text("not an image")
+    assert not tab.restore_recipe_file(str(plain))
+    assert not tab.restore_recipe_file(str(tmp_path / "junk.png"))
+    assert "has no DMD Studio recipe" in messages[-2] and "not a readable image" in messages[-1]
+    assert tab.prompt_edit.text() == "kept"
