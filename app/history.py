@@ -2,20 +2,34 @@
 
 Typing makes a frame per keystroke, so the strip keeps only frames that were still the
 newest after HISTORY_SETTLE_MS (and every saved one). Each entry keeps the frame and its
-recipe (engine.recipe), so choosing it sets every input back and draws it again. A saved
-PNG dropped on the strip restores the recipe written into it.
+recipe (engine.recipe), so choosing it sets every input back and draws it again. Entries
+are PNGs with their recipes in a folder beside the settings, so the history outlives the
+session (and a crash). A saved PNG dropped on the strip restores the recipe written into it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QDragEnterEvent,
+    QDropEvent,
+    QIcon,
+    QImage,
+    QPainter,
+    QPixmap,
+)
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
 
-from app.canvas import local_file
-from engine.recipe import Recipe
+from app.canvas import local_file, save_image_atomic
+from engine.api import EngineError
+from engine.recipe import Recipe, read_recipe, text_chunks
 
 HISTORY_SETTLE_MS = 1500  # a frame shown this long without a newer one joins the history
 HISTORY_LIMIT = 48
@@ -26,14 +40,17 @@ THUMBNAIL_PX = 64
 class HistoryEntry:
     frame: QImage
     recipe: Recipe
+    path: Path | None = None  # its PNG in the history folder, once written there
 
 
 class HistoryStrip(QListWidget):
     entry_chosen = Signal(object)  # HistoryEntry
     file_dropped = Signal(str)  # a local file to read a recipe from
+    problem = Signal(str)  # the history folder could not be written
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, folder: Path | None = None, parent: QWidget | None = None):
         super().__init__(parent)
+        self.folder = folder
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setFlow(QListView.Flow.LeftToRight)
         self.setWrapping(False)
@@ -53,6 +70,30 @@ class HistoryStrip(QListWidget):
         self.settle_timer.timeout.connect(self.keep_pending)
         self.itemClicked.connect(lambda item: self.entry_chosen.emit(
             item.data(Qt.ItemDataRole.UserRole)))
+        clear = QAction("Clear history", self)
+        clear.triggered.connect(self.clear_history)
+        self.addAction(clear)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self._load()
+
+    def _load(self) -> None:
+        """The newest HISTORY_LIMIT PNGs of the folder; unreadable ones are skipped."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        files = sorted(path for path in self.folder.glob("*.png") if not path.name.startswith("."))
+        kept: list[HistoryEntry] = []
+        for path in reversed(files):  # newest first, until the strip is full
+            frame = QImage(str(path))
+            try:
+                recipe = read_recipe(path)
+            except EngineError:
+                recipe = None
+            if not frame.isNull() and recipe is not None:
+                kept.append(HistoryEntry(frame, recipe, path))
+            if len(kept) == HISTORY_LIMIT:
+                break
+        for entry in reversed(kept):
+            self._insert(entry)
 
     def offer(self, entry: HistoryEntry) -> None:
         """The newest finished frame: kept if nothing replaces it within HISTORY_SETTLE_MS."""
@@ -72,6 +113,11 @@ class HistoryStrip(QListWidget):
             if kept.frame == entry.frame and kept.recipe.describe() == entry.recipe.describe():
                 self.setCurrentRow(row)  # drawn again (a click, a save after it settled)
                 return
+        self._insert(replace(entry, path=self._write(entry)))
+        while self.count() > HISTORY_LIMIT:
+            self._remove(self.count() - 1)
+
+    def _insert(self, entry: HistoryEntry) -> None:
         thumbnail = entry.frame.scaled(THUMBNAIL_PX, THUMBNAIL_PX,
                                        Qt.AspectRatioMode.KeepAspectRatio,
                                        Qt.TransformationMode.SmoothTransformation)
@@ -79,9 +125,33 @@ class HistoryStrip(QListWidget):
         item.setData(Qt.ItemDataRole.UserRole, entry)
         item.setToolTip(entry.recipe.describe())
         self.insertItem(0, item)
-        while self.count() > HISTORY_LIMIT:
-            self.takeItem(self.count() - 1)
         self.setCurrentItem(item)
+
+    def _write(self, entry: HistoryEntry) -> Path | None:
+        if self.folder is None:
+            return None
+        path = self.folder / f"{datetime.now():%Y%m%d-%H%M%S-%f}.png"  # sorts by time
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_image_atomic(entry.frame, path, text_chunks(entry.recipe))
+        except OSError as error:
+            self.problem.emit(f"Could not keep the frame in the history folder {self.folder} "
+                              f"({error}).")
+            return None
+        return path
+
+    def _remove(self, row: int) -> None:
+        entry = self.takeItem(row).data(Qt.ItemDataRole.UserRole)
+        if entry.path is not None:
+            with contextlib.suppress(OSError):  # already gone, or a read-only folder
+                entry.path.unlink(missing_ok=True)
+
+    def clear_history(self) -> None:
+        """Remove every entry and its file."""
+        self.settle_timer.stop()
+        self._pending = None
+        while self.count():
+            self._remove(0)
 
     def entries(self) -> list[HistoryEntry]:
         return [self.item(row).data(Qt.ItemDataRole.UserRole) for row in range(self.count())]

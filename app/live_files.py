@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QFileDialog
 from app.canvas import array_to_qimage, sketch_layer_from_white
 from app.history import HistoryEntry
 from engine.api import EngineError, GenerateResult
-from engine.recipe import RECIPE_KEY, Recipe, read_recipe
+from engine.recipe import Recipe, read_recipe, text_chunks
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.webp)"
 MAX_SEED = 2**31 - 1
@@ -131,9 +131,7 @@ class LiveFilesMixin:
             if what == "image":
                 recipe = self.recipe_of(self.last_result) if self.last_result and \
                     self.last_result.ok else None
-                texts = {RECIPE_KEY: recipe.to_text(), "Software": "DMD Studio"} if recipe \
-                    else None
-                self.canvas.save_frame(path, texts)
+                self.canvas.save_frame(path, text_chunks(recipe) if recipe else None)
                 if recipe is not None:
                     self.history.keep_pending()
                     self.history.add(HistoryEntry(self.canvas.frame, recipe))

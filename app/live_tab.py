@@ -36,7 +36,7 @@ from app.compare_panel import ComparePanel
 from app.history import HistoryEntry, HistoryStrip
 from app.live_files import MAX_SEED, LiveFilesMixin
 from app.meter import FrameRate, format_meter
-from app.settings import AppSettings
+from app.settings import AppSettings, history_folder
 from engine.api import GenerateRequest, GenerateResult
 from engine.service import DIRECT_FRAME_MS
 
@@ -149,7 +149,7 @@ class LiveTab(LiveFilesMixin, QWidget):
                                                    checkable=False)
         self.save_sketch_button = self._tool_button("Save sketch…", "Save the sketch as PNG",
                                                     checkable=False)
-        self.history = HistoryStrip()
+        self.history = HistoryStrip(history_folder())
         self.recipe_button = self._tool_button(
             "Open recipe…", "Set the prompt, seed, steps, mode and sketch back to what made an "
             "image saved by DMD Studio (or drop the PNG on the history strip)", checkable=False)
@@ -254,6 +254,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.recipe_button.clicked.connect(self._open_recipe_dialog)
         self.history.entry_chosen.connect(lambda entry: self.restore_recipe(entry.recipe))
         self.history.file_dropped.connect(self.restore_recipe_file)
+        self.history.problem.connect(self.status_message)
         self.canvas.file_dropped.connect(self.open_image)
         self.canvas.image_dropped.connect(lambda image: self.edit_image(image, "the dropped image"))
         self.compare.compare_button.clicked.connect(self.start_compare)

@@ -69,6 +69,11 @@ def settings_path() -> Path:
     return Path(folder or Path.home() / ".config" / "dmd-studio") / SETTINGS_FILE_NAME
 
 
+def history_folder() -> Path:
+    """Where the live tab's history strip keeps its frames (PNGs with recipes)."""
+    return settings_path().parent / "history"
+
+
 def _typed_fields(instance, values: dict):
     """Copy values whose type matches the dataclass default; the rest stay default."""
     for item in dataclasses.fields(instance):

@@ -108,11 +108,16 @@ FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength"
                "teacher_steps": int, "guidance": float, "model": str, "backend": str}
 
 
+def text_chunks(recipe: Recipe) -> dict[str, str]:
+    """The PNG text chunks a saved frame carries: the recipe and the software's name."""
+    return {RECIPE_KEY: recipe.to_text(), "Software": "DMD Studio"}
+
+
 def png_info(recipe: Recipe) -> PngImagePlugin.PngInfo:
-    """Text chunks for Image.save(..., pnginfo=...): the recipe and the software's name."""
+    """text_chunks for Pillow's Image.save(..., pnginfo=...)."""
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(RECIPE_KEY, recipe.to_text())
-    info.add_text("Software", "DMD Studio")
+    for key, value in text_chunks(recipe).items():
+        info.add_itxt(key, value)
     return info
 
 

@@ -149,3 +149,44 @@ def test_a_file_without_a_recipe_is_a_message_not_a_change(qtbot, make_window, t
     assert not tab.restore_recipe_file(str(tmp_path / "junk.png"))
     assert "has no DMD Studio recipe" in messages[-2] and "not a readable image" in messages[-1]
     assert tab.prompt_edit.text() == "kept"
+
+
+def test_the_history_outlives_the_window_and_clearing_removes_its_files(qtbot, make_window,
+                                                                        isolated_settings):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.history.settle_timer.setInterval(100)
+    for prompt in ("sun", "moon"):
+        tab.prompt_edit.setText(prompt)
+        qtbot.waitUntil(lambda prompt=prompt: tab.history.count() and
+                        tab.history.entries()[0].recipe.prompt == prompt, timeout=10_000)
+    folder = isolated_settings.parent / "history"
+    assert len(list(folder.glob("*.png"))) == 2
+    window.close()
+    reopened = make_window(FakeGenerator()).live_tab
+    assert [entry.recipe.prompt for entry in reopened.history.entries()] == ["moon", "sun"]
+    reopened.history.itemClicked.emit(reopened.history.item(1))
+    assert reopened.prompt_edit.text() == "sun"
+    reopened.history.clear_history()
+    assert reopened.history.count() == 0 and not list(folder.glob("*.png"))
+
+
+def test_the_history_keeps_at_most_its_limit_and_deletes_what_falls_off(qtbot, tmp_path):
+    from app.history import HISTORY_LIMIT, HistoryEntry, HistoryStrip
+    from engine.recipe import Recipe
+
+    strip = HistoryStrip(tmp_path / "history")
+    qtbot.addWidget(strip)
+    for number in range(HISTORY_LIMIT + 3):
+        frame = QImage(8, 8, QImage.Format.Format_RGB32)
+        frame.fill(number)
+        strip.add(HistoryEntry(frame, Recipe(prompt=f"p{number}", seed=number)))
+    assert strip.count() == HISTORY_LIMIT
+    assert strip.entries()[0].recipe.prompt == f"p{HISTORY_LIMIT + 2}"
+    assert strip.entries()[-1].recipe.prompt == "p3"
+    assert len(list((tmp_path / "history").glob("*.png"))) == HISTORY_LIMIT
+    (tmp_path / "history" / "broken.png").write_text("not an image")  # skipped on load
+    again = HistoryStrip(tmp_path / "history")
+    qtbot.addWidget(again)
+    assert [entry.recipe.prompt for entry in again.entries()] == \
+        [entry.recipe.prompt for entry in strip.entries()]
