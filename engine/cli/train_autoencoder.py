@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
                              "whose latent space and scaling_factor stay (teachers trained on "
                              "it keep working); a decoder as wide as its own starts from it")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--adversarial-weight", type=float, default=None,
+                        help="weight of a patch discriminator's hinge loss added to the "
+                             "reconstruction loss, for sharper detail (default 0: off; "
+                             "the run's own on --resume)")
+    parser.add_argument("--discriminator-lr", type=float, default=2e-4)
     parser.add_argument("--eval-every", type=int, default=500, help="held-out PSNR interval")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint interval")
     add_run_arguments(parser, export_help="write vae/ from the last checkpoint and exit")
@@ -44,6 +49,7 @@ def run(args) -> int:
         AutoencoderTrainer,
         decode_ms,
         evaluate_psnr,
+        evaluate_sharpness,
         reconstruction_grid,
     )
     from engine.embedded.checkpoint import MetricsLog, StopFlag, write_json
@@ -59,11 +65,16 @@ def run(args) -> int:
                                                         args.decoder_channels)):
         if value is not None and value < 1:
             raise EngineError(f"{flag} must be positive, not {value}.")
+    if (args.adversarial_weight or 0) < 0 or args.discriminator_lr <= 0:
+        raise EngineError("--adversarial-weight must be zero or positive and "
+                          "--discriminator-lr positive.")
     data = load_dataset(args.data)
     trainer = AutoencoderTrainer(data, channels=args.channels or 32, lr=args.lr,
                                  total_steps=args.steps, batch=args.batch, crop=args.crop,
                                  device=args.device, decoder_channels=args.decoder_channels,
-                                 frozen_encoder=args.frozen_encoder)
+                                 frozen_encoder=args.frozen_encoder,
+                                 adversarial_weight=args.adversarial_weight or 0.0,
+                                 discriminator_lr=args.discriminator_lr)
     if checkpoints:
         trainer.resume(checkpoints[-1])
         print(f"resumed from {checkpoints[-1]} at step {trainer.step}")
@@ -77,12 +88,14 @@ def run(args) -> int:
             trainer.save(args.out)
         info = trainer.export(args.out / "vae", all_images)
         info["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
+        info["heldout_sharpness"] = evaluate_sharpness(trainer.ae, trainer.heldout)
         info["decode_ms_batch1"] = decode_ms(trainer.ae.to("cpu"))
         trainer.ae.to(trainer.device)
         write_json(args.out / "vae" / "training.json", info)
         grid = reconstruction_grid(trainer.ae, trainer.heldout)
         Image.fromarray(grid).save(args.out / "reconstructions.png")
         print(f"exported {args.out / 'vae'}: held-out PSNR {info['heldout_psnr']:.2f} dB, "
+              f"sharpness {info['heldout_sharpness']:.2f}, "
               f"scaling_factor {info['scaling_factor']:.4f}, "
               f"decode {info['decode_ms_batch1']:.1f} ms")
 
@@ -103,7 +116,9 @@ def run(args) -> int:
                           "eta_s": (args.steps - trainer.step) / max(rate, 1e-9)}
                 if trainer.step % args.eval_every == 0:
                     record["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
-                    bar.write(f"step {trainer.step}: held-out PSNR {record['heldout_psnr']:.2f} dB")
+                    record["heldout_sharpness"] = evaluate_sharpness(trainer.ae, trainer.heldout)
+                    bar.write(f"step {trainer.step}: held-out PSNR {record['heldout_psnr']:.2f} "
+                              f"dB, sharpness {record['heldout_sharpness']:.3f}")
                 metrics.write(record)
             if trainer.step % args.save_every == 0:
                 trainer.save(args.out)
@@ -113,8 +128,8 @@ def run(args) -> int:
 
 
 def architecture_from_run(args, checkpoints: list[Path]) -> None:
-    """On --resume, channels, decoder channels and the frozen encoder default to the run's
-    own (config.json), so a resumed decoder-only run stays decoder-only."""
+    """On --resume, channels, decoder channels, the frozen encoder and the adversarial weight
+    default to the run's own (config.json), so a resumed decoder-only run stays decoder-only."""
     import json
 
     config_path = args.out / "config.json"
@@ -125,5 +140,7 @@ def architecture_from_run(args, checkpoints: list[Path]) -> None:
         args.channels = saved.get("channels")
     if args.decoder_channels is None:
         args.decoder_channels = saved.get("decoder_channels")
+    if args.adversarial_weight is None:
+        args.adversarial_weight = saved.get("adversarial_weight", 0.0)
     if args.frozen_encoder is None and saved.get("frozen_encoder"):
         args.frozen_encoder = Path(saved["frozen_encoder"])

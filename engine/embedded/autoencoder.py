@@ -1,7 +1,8 @@
 """Tiny 8x autoencoder (diffusers AutoencoderTiny, TAESD-style) for the emoji model.
 
 128x128x3 in [-1, 1] <-> 16x16x4. Trained on 64 px crops with L1 + MSE + an image-gradient
-L1 (edges stay sharp) + a tiny latent L2; scaling_factor = 1 / std of the training latents.
+L1 (edges stay sharp) + a tiny latent L2, optionally plus an adversarial term
+(engine/embedded/decoder_gan.py); scaling_factor = 1 / std of the training latents.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import torch.nn.functional as F
 from engine.embedded import checkpoint as ckpt
 from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.dataset import EmojiDataset
+from engine.embedded.decoder_gan import (
+    PatchDiscriminator,
+    discriminator_hinge_loss,
+    generator_hinge_loss,
+    sharpness,
+)
 
 
 def build_autoencoder(channels: int = 32, latent_channels: int = 4,
@@ -65,7 +72,9 @@ def image_gradient_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 def reconstruction_loss(ae, images: torch.Tensor, latent_weight: float = 1e-4,
-                        edge_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+                        edge_weight: float = 0.5
+                        ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """(loss, its parts, the reconstruction)."""
     latents = ae.encode(images).latents
     recon = ae.decode(latents).sample
     l1 = F.l1_loss(recon, images)
@@ -73,13 +82,26 @@ def reconstruction_loss(ae, images: torch.Tensor, latent_weight: float = 1e-4,
     edge = image_gradient_l1(recon, images)
     latent_l2 = latents.pow(2).mean()
     loss = l1 + mse + edge_weight * edge + latent_weight * latent_l2
-    return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "edge": edge.item()}
+    logs = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "edge": edge.item()}
+    return loss, logs, recon
 
 
 def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = (reference.float() - estimate.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(4.0 / mse.clamp(min=1e-10))).mean())
+
+
+@torch.no_grad()
+def evaluate_sharpness(ae, images_uint8: torch.Tensor, batch: int = 32) -> float:
+    """Laplacian energy of the reconstructions relative to the images' (1.0: as detailed)."""
+    ae.eval()
+    device = next(ae.parameters()).device
+    recons = [to_uint8(ae.decode(ae.encode(to_model_range(images_uint8[start:start + batch])
+                                           .to(device)).latents).sample)
+              for start in range(0, len(images_uint8), batch)]
+    ae.train()
+    return sharpness(np.concatenate(recons), images_uint8.numpy())
 
 
 @torch.no_grad()
@@ -135,7 +157,8 @@ class AutoencoderTrainer:
     def __init__(self, data: EmojiDataset, channels: int = 32, lr: float = 1e-3,
                  total_steps: int = 10000, batch: int = 32, crop: int = 64,
                  sketch_fraction: float = 0.2, seed: int = 0, device: str = "cpu",
-                 decoder_channels: int | None = None, frozen_encoder: Path | None = None):
+                 decoder_channels: int | None = None, frozen_encoder: Path | None = None,
+                 adversarial_weight: float = 0.0, discriminator_lr: float = 2e-4):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.fixed_scale = None
@@ -151,7 +174,9 @@ class AutoencoderTrainer:
         self.config = {"channels": channels, "lr": lr, "total_steps": total_steps, "batch": batch,
                        "crop": crop, "sketch_fraction": sketch_fraction, "seed": seed,
                        "decoder_channels": decoder_channels or channels,
-                       "frozen_encoder": str(frozen_encoder) if frozen_encoder else None}
+                       "frozen_encoder": str(frozen_encoder) if frozen_encoder else None,
+                       "adversarial_weight": adversarial_weight,
+                       "discriminator_lr": discriminator_lr}
         train = ~data.heldout
         self.images = torch.from_numpy(data.images[train])
         self.sketches = torch.from_numpy(data.sketches[train])
@@ -169,6 +194,12 @@ class AutoencoderTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
+        self.discriminator = self.discriminator_optimizer = None
+        if adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator().to(self.device).train()
+            self.discriminator_optimizer = torch.optim.AdamW(
+                self.discriminator.parameters(), lr=discriminator_lr, betas=(0.5, 0.999),
+                weight_decay=0.0)
 
     def adopt_encoder(self, source) -> None:
         """Copy and freeze source's encoder (and its scaling_factor), so the latent space that
@@ -198,23 +229,46 @@ class AutoencoderTrainer:
         return torch.stack(crops).to(self.device)
 
     def train_step(self) -> dict[str, float]:
+        """One decoder/autoencoder step; with an adversarial weight, the reconstruction
+        loss plus weight x the hinge generator loss, then one discriminator step."""
         images = self.sample_batch()
-        loss, logs = reconstruction_loss(self.ae, images)
+        loss, logs, recon = reconstruction_loss(self.ae, images)
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)
+            adversarial = generator_hinge_loss(self.discriminator(recon))
+            loss = loss + self.config["adversarial_weight"] * adversarial
+            logs.update(loss=loss.item(), adversarial=adversarial.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
         self.optimizer.step()
         self.scheduler.step()
+        if self.discriminator is not None:
+            logs["discriminator"] = self._discriminator_step(images, recon.detach())
         self.step += 1
         return {**logs, "lr": self.scheduler.get_last_lr()[0]}
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        self.discriminator.requires_grad_(True)
+        loss = discriminator_hinge_loss(self.discriminator(real), self.discriminator(fake))
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.discriminator_optimizer.step()
+        return loss.item()
 
     def save(self, run_dir: Path, keep: int = 2) -> Path:
         weights = self.ae.state_dict()
         opt_tensors, param_groups = ckpt.flatten_optimizer(self.optimizer)
         state_tensors = {**ckpt.prefixed("model", weights), **opt_tensors, **ckpt.rng_tensors(),
                          "rng.generator": self.generator.get_state()}
+        if self.discriminator is not None:
+            disc_tensors, disc_groups = ckpt.flatten_optimizer(self.discriminator_optimizer)
+            state_tensors.update(ckpt.prefixed("disc.model", self.discriminator.state_dict()))
+            state_tensors.update(ckpt.prefixed("disc", disc_tensors))
         state = {"param_groups": param_groups, "scheduler": self.scheduler.state_dict(),
                  "config": self.config}
+        if self.discriminator is not None:
+            state["disc_param_groups"] = disc_groups
         return ckpt.save_checkpoint(run_dir, self.step, weights, state_tensors, state, keep)
 
     def resume(self, checkpoint_dir: Path) -> None:
@@ -225,6 +279,11 @@ class AutoencoderTrainer:
         ckpt.restore_rng(tensors)
         self.generator.set_state(tensors["rng.generator"])
         self.step = int(state["step"])
+        if self.discriminator is not None and "disc_param_groups" in state:
+            disc = ckpt.unprefixed("disc", tensors)
+            self.discriminator.load_state_dict(ckpt.unprefixed("model", disc))
+            ckpt.restore_optimizer(self.discriminator_optimizer, disc,
+                                   state["disc_param_groups"])
 
     def export(self, out: Path, all_images: torch.Tensor) -> dict:
         """Save a diffusers vae folder with scaling_factor = 1 / std of the training latents

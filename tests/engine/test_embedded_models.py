@@ -116,6 +116,43 @@ def test_decoder_only_training_keeps_the_encoder_and_its_scale(tmp_path):
     assert torch.equal(flat_weights(same_width.ae), flat_weights(source.ae))  # a fine-tune start
 
 
+def test_an_adversarial_decoder_run_trains_both_nets_and_resumes_exactly(tmp_path):
+    data = fake_dataset()
+    make = lambda: AutoencoderTrainer(data, channels=8, total_steps=10, batch=4, crop=16,  # noqa: E731
+                                      adversarial_weight=0.1)
+    trainer = make()
+    critic_before = torch.cat([p.detach().flatten()
+                               for p in trainer.discriminator.parameters()]).clone()
+    logs = trainer.train_step()
+    assert {"adversarial", "discriminator"} <= set(logs) and np.isfinite(logs["discriminator"])
+    assert logs["loss"] == pytest.approx(logs["l1"] + logs["mse"] + 0.5 * logs["edge"]
+                                         + 0.1 * logs["adversarial"], abs=1e-3)
+    assert not torch.equal(critic_before, torch.cat([p.detach().flatten()
+                                                     for p in trainer.discriminator.parameters()]))
+    trainer.save(tmp_path)
+    trainer.train_step()
+    resumed = make()
+    resumed.resume(ckpt.checkpoint_dirs(tmp_path)[-1])
+    resumed.train_step()
+    assert torch.equal(flat_weights(trainer.ae), flat_weights(resumed.ae))
+    assert torch.equal(flat_weights(trainer.discriminator), flat_weights(resumed.discriminator))
+    assert AutoencoderTrainer(data, channels=8, batch=4, crop=16).discriminator is None
+
+
+def test_sharpness_is_one_for_the_reference_and_falls_with_blur():
+    from PIL import Image, ImageFilter
+
+    from engine.embedded.decoder_gan import sharpness
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((4, 32, 32, 3)) > 0.5).astype(np.uint8) * 255
+    blurred = np.stack([np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1)))
+                        for image in images])
+    assert sharpness(images, images) == pytest.approx(1.0)
+    assert sharpness(blurred, images) < 0.6
+    assert sharpness(np.full_like(images, 128), images) == 0.0
+
+
 def test_teacher_unet_shapes_and_default_size():
     unet = build_teacher_unet((32, 32))
     out = unet(torch.randn(2, 8, 8, 8), torch.tensor([1, 999]), torch.randn(2, 4, TEXT_DIM),
