@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from engine.embedded.dataset import load_dataset
+    from engine.embedded.decoder_gan import sharpness
     from engine.embedded.latents import encode_captions, load_minilm
     from engine.eval.evaluator import load_evaluator
     from engine.eval.metrics import generate_images, pipeline_generator, score_images
@@ -80,6 +81,7 @@ def run(args) -> int:
     scores = score_images(evaluator, images, pooled, real)
     result = {"model": str(model), "images": len(captions), **scores,
               "sketch_f1": mean_stroke_f1(sketches, images), "sketch": args.sketch,
+              "sharpness": sharpness(images, real),
               "seconds_per_image": seconds, "steps": steps,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance}
     if args.json:

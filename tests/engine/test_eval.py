@@ -78,6 +78,7 @@ def test_eval_cli_real_prints_one_json_object(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip())
     assert {"fd", "alignment", "top5", "seconds_per_image"} <= result.keys()
     assert result["fd"] == pytest.approx(0.0, abs=1e-3) and result["images"] == 6
+    assert result["sharpness"] == pytest.approx(1.0)  # the real images against themselves
     assert result["top5"] >= 5 / 6 - 1e-6  # 6 captions: top-5 misses at most one
 
 
