@@ -9,6 +9,7 @@ never, or (auto) only while the full frame is expected to take longer than DIREC
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPixmap
@@ -41,6 +42,7 @@ from engine.api import GenerateRequest, GenerateResult
 from engine.service import DIRECT_FRAME_MS
 
 MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
+VARIATIONS = 4  # seeds per click of Variations
 PREVIEW_MODES = (("Preview: auto", "auto"), ("Preview: always", "always"),
                  ("Preview: off", "off"))
 
@@ -53,6 +55,8 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.engine, self.settings = engine, settings
         self.last_frame_request: GenerateRequest | None = None
         self.last_result: GenerateResult | None = None
+        self._waiting_variations: list[GenerateRequest] = []
+        self._variation_ids: set[int] = set()
         self.frame_rate = FrameRate()
         self.canvas = Canvas()
         self.canvas.brush_size = settings.brush_size
@@ -105,6 +109,9 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.seed_lock.setToolTip("Unlocked: every frame draws a new random seed.")
         self.randomise_button = QPushButton("Randomise")
         self.randomise_button.setToolTip("Pick a new random seed.")
+        self.variations_button = QPushButton("Variations")
+        self.variations_button.setToolTip(f"Draw {VARIATIONS} new seeds of the current inputs "
+                                          "into the history strip; click one to take it.")
         # sketch tools
         self.brush_button = self._tool_button("Brush", "Draw on the sketch layer (B)", "B")
         self.eraser_button = self._tool_button("Eraser", "Erase the sketch layer (E)", "E")
@@ -200,7 +207,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
                        self.strength_label, self.steps_combo, self.preview_combo,
                        QLabel("Seed"), self.seed_spin,
-                       self.seed_lock, self.randomise_button):
+                       self.seed_lock, self.randomise_button, self.variations_button):
             options.addWidget(widget)
         options.addStretch(1)
         tools = QHBoxLayout()
@@ -242,6 +249,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.preview_combo.currentIndexChanged.connect(self.submit_current)
         self.seed_spin.valueChanged.connect(self.submit_current)
         self.randomise_button.clicked.connect(self.randomise_seed)
+        self.variations_button.clicked.connect(self.make_variations)
         self.canvas.sketch_changed.connect(self._on_sketch_changed)
         self.brush_button.toggled.connect(self._on_tool_changed)
         self.colour_button.clicked.connect(self._pick_colour)
@@ -294,6 +302,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.submit_request(self.build_request())
 
     def submit_request(self, request: GenerateRequest) -> None:
+        self._waiting_variations.clear()  # a new input ends a round of variations
         try:
             request_id = self.engine.submit(request)
         except Exception as error:  # noqa: BLE001 - e.g. a closed service; never crash the UI
@@ -309,7 +318,30 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.seed_spin.setValue(random.randint(0, MAX_SEED))  # valueChanged submits
 
     # -- results -----------------------------------------------------------------------------
+    def make_variations(self) -> None:
+        """Render the current inputs at VARIATIONS random seeds, one after another (a new
+        input stops the round), into the history strip rather than onto the canvas."""
+        base = self.build_request()
+        self._waiting_variations[:] = [replace(base, seed=random.randint(0, MAX_SEED),
+                                               preview_steps=0) for _ in range(VARIATIONS)]
+        self._submit_next_variation()
+
+    def _submit_next_variation(self) -> None:
+        if self._waiting_variations:
+            request_id = self.engine.submit(self._waiting_variations.pop(0))
+            if request_id is not None:
+                self._variation_ids.add(request_id)
+
     def _on_result(self, result: GenerateResult, request: GenerateRequest) -> None:
+        if result.request_id in self._variation_ids:
+            self._variation_ids.discard(result.request_id)
+            if result.ok:
+                self.history.add(HistoryEntry(array_to_qimage(result.image),
+                                              self.recipe_of(result)))
+            else:
+                self.status_message.emit(f"Generation failed: {result.error}")
+            self._submit_next_variation()
+            return
         image = array_to_qimage(result.image) if result.ok else None
         if not request.teacher_steps:
             if result.ok:

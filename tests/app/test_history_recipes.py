@@ -190,3 +190,25 @@ def test_the_history_keeps_at_most_its_limit_and_deletes_what_falls_off(qtbot, t
     qtbot.addWidget(again)
     assert [entry.recipe.prompt for entry in again.entries()] == \
         [entry.recipe.prompt for entry in strip.entries()]
+
+
+def test_variations_fill_the_history_with_new_seeds_and_leave_the_canvas(qtbot, make_window):
+    from app.live_tab import VARIATIONS
+
+    generator = FakeGenerator()
+    window = make_window(generator)
+    tab = window.live_tab
+    tab.prompt_edit.setText("owl")
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "owl")
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    shown = last_delivered_request(window)
+    tab.variations_button.click()
+    qtbot.waitUntil(lambda: tab.history.count() >= VARIATIONS, timeout=10_000)
+    seeds = [entry.recipe.seed for entry in tab.history.entries()[:VARIATIONS]]
+    assert len(set(seeds)) == VARIATIONS
+    assert all(entry.recipe.prompt == "owl" for entry in tab.history.entries()[:VARIATIONS])
+    assert last_delivered_request(window) is shown  # the canvas kept its frame
+    assert {request.seed for request in generator.requests} >= set(seeds)
+    tab.history.itemClicked.emit(tab.history.item(0))
+    wait_for_frame(qtbot, window, lambda request: request.seed == seeds[0])
+    assert tab.seed_spin.value() == seeds[0]
