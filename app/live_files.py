@@ -23,7 +23,11 @@ MAX_SEED = 2**31 - 1
 
 class LiveFilesMixin:
     def recipe_of(self, result: GenerateResult) -> Recipe:
-        return Recipe.from_request(result.request, self.engine.description, result.backend)
+        """What made this frame (a preview's recipe asks for the preview's step count)."""
+        request = result.request
+        if result.preview:
+            request = request.preview(sketch_edits=True) or request
+        return Recipe.from_request(request, self.engine.description, result.backend)
 
     def edit_image(self, image: QImage, name: str) -> bool:
         """Make an image the one Image edit mode paints over and edits."""
@@ -129,8 +133,7 @@ class LiveFilesMixin:
         atomically; a saved frame joins the history."""
         try:
             if what == "image":
-                recipe = self.recipe_of(self.last_result) if self.last_result and \
-                    self.last_result.ok else None
+                recipe = self.frame_recipe
                 self.canvas.save_frame(path, text_chunks(recipe) if recipe else None)
                 if recipe is not None:
                     self.history.keep_pending()

@@ -39,6 +39,7 @@ from app.live_files import MAX_SEED, LiveFilesMixin
 from app.meter import FrameRate, format_meter
 from app.settings import AppSettings, history_folder
 from engine.api import GenerateRequest, GenerateResult
+from engine.recipe import Recipe
 from engine.service import DIRECT_FRAME_MS
 
 MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
@@ -55,6 +56,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.engine, self.settings = engine, settings
         self.last_frame_request: GenerateRequest | None = None
         self.last_result: GenerateResult | None = None
+        self.frame_recipe: Recipe | None = None  # what made the frame on the canvas
         self._waiting_variations: list[GenerateRequest] = []
         self._variation_ids: set[int] = set()
         self.frame_rate = FrameRate()
@@ -347,8 +349,9 @@ class LiveTab(LiveFilesMixin, QWidget):
             if result.ok:
                 self.canvas.set_frame(image)
                 self.last_frame_request = request
+                self.frame_recipe = self.recipe_of(result)
                 if not result.preview:
-                    self.history.offer(HistoryEntry(image, self.recipe_of(result)))
+                    self.history.offer(HistoryEntry(image, self.frame_recipe))
                 self.meter.setStyleSheet("")
                 self.meter.setText(format_meter(result, self.frame_rate.frame_shown()))
             else:
