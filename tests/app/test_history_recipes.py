@@ -212,3 +212,19 @@ def test_variations_fill_the_history_with_new_seeds_and_leave_the_canvas(qtbot, 
     tab.history.itemClicked.emit(tab.history.item(0))
     wait_for_frame(qtbot, window, lambda request: request.seed == seeds[0])
     assert tab.seed_spin.value() == seeds[0]
+
+
+def test_an_unwritable_history_folder_is_a_message_and_the_strip_still_works(qtbot, tmp_path):
+    from app.history import HistoryEntry, HistoryStrip
+    from engine.recipe import Recipe
+
+    (tmp_path / "history").write_text("a file where the folder should be")
+    strip = HistoryStrip(tmp_path / "history")
+    qtbot.addWidget(strip)
+    problems = []
+    strip.problem.connect(problems.append)
+    frame = QImage(8, 8, QImage.Format.Format_RGB32)
+    frame.fill(7)
+    strip.add(HistoryEntry(frame, Recipe(prompt="kept in memory")))
+    assert strip.count() == 1 and strip.entries()[0].path is None
+    assert len(problems) == 1 and "Could not keep the frame" in problems[0]
