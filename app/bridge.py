@@ -50,6 +50,7 @@ class LiveEngine(QObject):
         self.description = ""
         self.is_student = True
         self.default_steps = 1
+        self.prompt_suggestions: list[str] = []
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
 
     # -- model -------------------------------------------------------------------------------
@@ -78,6 +79,8 @@ class LiveEngine(QObject):
         self.is_student = bool(getattr(generator, "is_student", True))
         # The step count the student was distilled for; the live tab starts there.
         self.default_steps = int(getattr(generator, "default_steps", 1))
+        # Prompts the model draws well (its prompts.txt); the live tab offers them.
+        self.prompt_suggestions = list(getattr(generator, "prompt_suggestions", None) or [])
         self.generator_changed.emit(description)
 
     # -- requests ----------------------------------------------------------------------------

@@ -11,13 +11,14 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QStringListModel, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QColorDialog,
     QComboBox,
+    QCompleter,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -77,6 +78,16 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.prompt_edit = QLineEdit()
         self.prompt_edit.setPlaceholderText("Describe the image; every keystroke renders a frame")
         self.prompt_edit.setClearButtonEnabled(True)
+        self.suggestions = QStringListModel(self)
+        completer = QCompleter(self.suggestions, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        completer.setMaxVisibleItems(10)
+        self.prompt_edit.setCompleter(completer)
+        self.surprise_button = QPushButton("Surprise me")
+        self.surprise_button.setToolTip("A random prompt from the ones this model suggests "
+                                        "(its prompts.txt); they also drop down as you type.")
+        self.surprise_button.setEnabled(False)
         self.mode_combo = QComboBox()
         for label, mode in MODES:
             self.mode_combo.addItem(label, mode)
@@ -233,7 +244,10 @@ class LiveTab(LiveFilesMixin, QWidget):
         meter_row.addWidget(self.busy_bar)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_missing)
-        layout.addWidget(self.prompt_edit)
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(self.prompt_edit, 1)
+        prompt_row.addWidget(self.surprise_button)
+        layout.addLayout(prompt_row)
         layout.addLayout(options)
         layout.addLayout(tools)
         layout.addLayout(middle, 1)
@@ -251,6 +265,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.preview_combo.currentIndexChanged.connect(self.submit_current)
         self.seed_spin.valueChanged.connect(self.submit_current)
         self.randomise_button.clicked.connect(self.randomise_seed)
+        self.surprise_button.clicked.connect(self.surprise_prompt)
         self.variations_button.clicked.connect(self.make_variations)
         self.canvas.sketch_changed.connect(self._on_sketch_changed)
         self.brush_button.toggled.connect(self._on_tool_changed)
@@ -316,6 +331,11 @@ class LiveTab(LiveFilesMixin, QWidget):
         """Render the current request with the student, then with the teacher."""
         self.compare.start(self.build_request())
 
+    def surprise_prompt(self) -> None:
+        prompts = self.suggestions.stringList()
+        if prompts:
+            self.prompt_edit.setText(random.choice(prompts))  # textChanged submits
+
     def randomise_seed(self) -> None:
         self.seed_spin.setValue(random.randint(0, MAX_SEED))  # valueChanged submits
 
@@ -363,6 +383,8 @@ class LiveTab(LiveFilesMixin, QWidget):
 
     def _on_generator_changed(self, description: str) -> None:
         self.show_model_missing(False)
+        self.suggestions.setStringList(self.engine.prompt_suggestions)
+        self.surprise_button.setEnabled(bool(self.engine.prompt_suggestions))
         index = self.steps_combo.findData(self.engine.default_steps)
         if index >= 0:
             self.steps_combo.blockSignals(True)  # one frame for the new model, below

@@ -75,7 +75,8 @@ def run(args) -> int:
 
     def export() -> None:
         export_model_folder(trainer.ema, vae_dir, args.out / "model",
-                            {"teacher_steps": trainer.step, "batch": config.batch}, pack_dir)
+                            {"teacher_steps": trainer.step, "batch": config.batch}, pack_dir,
+                            prompts=trainer.cache.captions)
 
     if args.export_only:
         export()

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.pipeline.loading import PROMPTS_FILE
+
 STATIC_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer")
 
 
@@ -134,6 +136,9 @@ def export_student(student_dir: Path, teacher_dir: Path, student_unet: torch.nn.
     unet_fp16 = student_unet.to(torch.float16)
     unet_fp16.save_pretrained(tmp / "unet", safe_serialization=True)
     (tmp / "student.json").write_text(json.dumps(student_json, indent=1))
+    prompts = Path(teacher_dir) / PROMPTS_FILE
+    if prompts.is_file():  # the teacher's suggestions suit its student
+        shutil.copy2(prompts.resolve(), tmp / PROMPTS_FILE)
     old = student_dir.with_name(student_dir.name + ".old")
     if old.exists():
         shutil.rmtree(old)

@@ -15,6 +15,7 @@ from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.autoencoder import load_autoencoder, to_uint8
 from engine.embedded.latents import TEXT_MAX_LENGTH, TEXT_PACKAGE
 from engine.embedded.teacher import SCHEDULER_CONFIG
+from engine.pipeline.loading import PROMPTS_FILE
 
 
 def model_index(image_size: int = 128, own_text_encoder: bool = False) -> dict:
@@ -42,9 +43,11 @@ def _diffusers_version() -> str:
 
 
 def export_model_folder(unet, vae_dir: Path, out: Path, training: dict | None = None,
-                        text_source: Path | None = None) -> Path:
+                        text_source: Path | None = None, prompts: list[str] | None = None
+                        ) -> Path:
     """Save unet (e.g. the EMA copy) and the AE as fp16 safetensors in a model folder; with
-    text_source (a latent pack) its text_encoder/ and tokenizer/ are copied in as well."""
+    text_source (a latent pack) its text_encoder/ and tokenizer/ are copied in as well;
+    prompts (the training captions) become its prompts.txt, the app's suggestions."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
@@ -63,6 +66,8 @@ def export_model_folder(unet, vae_dir: Path, out: Path, training: dict | None = 
                 shutil.copytree(Path(text_source) / name, temp / name)
         index = model_index(image_size, own_text_encoder=text_source is not None)
         (temp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if prompts:
+            (temp / PROMPTS_FILE).write_text("\n".join(sorted(set(prompts))) + "\n", "utf-8")
         if training:
             text = json.dumps(training, indent=1, sort_keys=True)
             (temp / "training.json").write_text(text + "\n")

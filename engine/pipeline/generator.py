@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
+from engine.pipeline.loading import read_prompt_suggestions
 from engine.pipeline.sampling import (
     ddim_sample,
     edit_start,
@@ -130,6 +131,7 @@ class Generator:
         # student.json "one_step_smoothing": latent blur sigma of the one-step frame from noise
         self.one_step_smoothing = float(config.get("one_step_smoothing") or 0.0)
         self._teacher: Generator | None = None
+        self._prompt_suggestions: list[str] | None = None
 
     def clear_caches(self) -> None:
         """Forget text embeddings and first steps (benchmarks time the work, not the caches)."""
@@ -141,6 +143,14 @@ class Generator:
         """The step count the student was distilled for (student.json "timesteps"): the
         count a caller that does not choose should use."""
         return len(self.default_timesteps)
+
+    @property
+    def prompt_suggestions(self) -> list[str]:
+        """Prompts the model folder suggests (prompts.txt), [] without one."""
+        if self._prompt_suggestions is None:
+            folder = getattr(self.backend, "model_dir", None)
+            self._prompt_suggestions = read_prompt_suggestions(folder) if folder else []
+        return self._prompt_suggestions
 
     @property
     def is_student(self) -> bool:

@@ -17,9 +17,10 @@ from engine.pipeline.text import TextEncoder, load_text_encoder
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher",
                   "embedded-student": "student"}
+PROMPTS_FILE = "prompts.txt"  # optional: prompt suggestions, one per line
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "scheduler/*", "text_encoder/*",
-                "tokenizer/*", "student.json"]
+                "tokenizer/*", "student.json", PROMPTS_FILE]
 
 
 @dataclass
@@ -48,6 +49,16 @@ class PipelineParts:
     @property
     def latent_size(self) -> int:
         return int(self.unet.config.sample_size)
+
+
+def read_prompt_suggestions(model_dir: Path) -> list[str]:
+    """The model folder's optional prompts.txt: prompts it draws well, one per line (the
+    app offers them while typing); [] when there is none or it cannot be read."""
+    try:
+        lines = (Path(model_dir) / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
 
 
 def default_model() -> str | None:

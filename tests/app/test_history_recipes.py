@@ -228,3 +228,24 @@ def test_an_unwritable_history_folder_is_a_message_and_the_strip_still_works(qtb
     strip.add(HistoryEntry(frame, Recipe(prompt="kept in memory")))
     assert strip.count() == 1 and strip.entries()[0].path is None
     assert len(problems) == 1 and "Could not keep the frame" in problems[0]
+
+
+def test_the_models_prompt_suggestions_drop_down_and_surprise_me_picks_one(qtbot, make_window):
+    generator = FakeGenerator()
+    generator.prompt_suggestions = ["red apple", "green apple", "cat face"]
+    window = make_window(generator)
+    tab = window.live_tab
+    qtbot.waitUntil(lambda: tab.surprise_button.isEnabled(), timeout=10_000)
+    completer = tab.prompt_edit.completer()
+    completer.setCompletionPrefix("APP")  # case-insensitive, anywhere in the prompt
+    assert completer.completionCount() == 2
+    tab.surprise_button.click()
+    assert tab.prompt_edit.text() in generator.prompt_suggestions
+    wait_for_frame(qtbot, window, lambda request: request.prompt == tab.prompt_edit.text())
+
+
+def test_a_model_without_suggestions_disables_surprise_me(qtbot, make_window):
+    window = make_window(FakeGenerator())
+    wait_for_frame(qtbot, window, lambda request: True)
+    assert not window.live_tab.surprise_button.isEnabled()
+    assert window.live_tab.suggestions.rowCount() == 0

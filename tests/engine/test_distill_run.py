@@ -352,3 +352,21 @@ def test_student_timesteps_alone_set_the_step_count(tmp_path, tiny_model_dir):
                               "--student-timesteps", "999,299", "--out", str(tmp_path / "r")])
     config = distill.prepare_config(args)
     assert config.student_steps == 2 and config.student_timesteps == [999, 299]
+
+
+def test_a_students_export_carries_its_teachers_prompt_suggestions(tiny_model_dir, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from engine.distill.run_folder import export_student
+    from engine.pipeline.loading import read_prompt_suggestions
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, teacher)
+    (teacher / "prompts.txt").write_text("cat face\nrocket\n", "utf-8")
+    unet = UNet2DConditionModel.from_pretrained(str(teacher / "unet"))
+    export_student(tmp_path / "student", teacher, unet, {"timesteps": [999]})
+    assert read_prompt_suggestions(tmp_path / "student") == ["cat face", "rocket"]
+    export_student(tmp_path / "plain", tiny_model_dir, unet, {"timesteps": [999]})
+    assert not (tmp_path / "plain" / "prompts.txt").exists()

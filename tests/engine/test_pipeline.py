@@ -270,3 +270,29 @@ def test_one_step_smoothing_blurs_only_the_one_step_frame(tiny_student_dir, tmp_
     edit = np.full((32, 32, 3), 200, np.uint8)  # edits start below t = 999: no blur
     np.testing.assert_array_equal(image(smooth, steps=1, init_image=edit, strength=0.5),
                                   image(plain, steps=1, init_image=edit, strength=0.5))
+
+
+def test_prompt_suggestions_come_from_the_model_folders_prompts_txt(tiny_model_dir, tmp_path):
+    import shutil
+
+    from engine.pipeline.generator import Generator
+    from engine.pipeline.loading import PROMPTS_FILE, read_prompt_suggestions
+    from engine.runtime import create_backend
+
+    assert read_prompt_suggestions(tiny_model_dir) == []
+    folder = tmp_path / "with-prompts"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / PROMPTS_FILE).write_text("red apple\n\n  cat face \nred apple\n", "utf-8")
+    assert read_prompt_suggestions(folder) == ["red apple", "cat face"]
+    assert Generator(create_backend(str(folder), "torch", "cpu")).prompt_suggestions == \
+        ["red apple", "cat face"]
+    (folder / PROMPTS_FILE).write_bytes(b"\xff\xfe not utf-8 \xff")
+    assert read_prompt_suggestions(folder) == []  # optional: a bad file is no suggestions
+
+
+def test_the_shipped_models_suggest_their_training_captions():
+    from engine.pipeline.loading import ASSETS_DIR, read_prompt_suggestions
+
+    for model in ("teacher", "student"):
+        prompts = read_prompt_suggestions(ASSETS_DIR / model)
+        assert len(prompts) > 3000 and "red apple" in prompts and "cat face" in prompts
