@@ -114,6 +114,7 @@ class HistoryStrip(QListWidget):
                 self.setCurrentRow(row)  # drawn again (a click, a save after it settled)
                 return
         self._insert(replace(entry, path=self._write(entry)))
+        self.setCurrentRow(0)
         while self.count() > HISTORY_LIMIT:
             self._remove(self.count() - 1)
 
@@ -125,7 +126,6 @@ class HistoryStrip(QListWidget):
         item.setData(Qt.ItemDataRole.UserRole, entry)
         item.setToolTip(entry.recipe.describe())
         self.insertItem(0, item)
-        self.setCurrentItem(item)
 
     def _write(self, entry: HistoryEntry) -> Path | None:
         if self.folder is None:
