@@ -1,4 +1,4 @@
-"""The live canvas: the newest frame scaled crisply, a sketch layer with undo, image I/O."""
+"""The live canvas: the newest frame scaled to fit, a sketch layer with undo, image I/O."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ class SketchEdit(QUndoCommand):
 
 
 class Canvas(QWidget):
-    """Paints the frame (nearest-neighbour, aspect kept) with the sketch layer on top."""
+    """Paints the frame (scaled smoothly or as square pixels, aspect kept) with the sketch
+    layer on top."""
 
     sketch_changed = Signal()  # on stroke end, throttled during a stroke, on undo/redo/clear
     file_dropped = Signal(str)  # a local file dragged onto the canvas
@@ -138,6 +139,7 @@ class Canvas(QWidget):
         self.brush_size = 6
         self.erasing = False
         self.show_sketch = True
+        self.smooth = True  # scale the frame smoothly; False shows its pixels as squares
         self._halo: QImage | None = None  # white outline of the ink, so it shows on dark frames
         self._stroke_before: QImage | None = None
         self._last_point: QPointF | None = None
@@ -222,7 +224,7 @@ class Canvas(QWidget):
         painter = QPainter(self)
         painter.fillRect(self.rect(), BACKGROUND)
         rect = self.target_rect()
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth)
         shown = self.frame if self.frame is not None else self.base_image
         if shown is None:
             painter.fillRect(rect, QColor("white"))
@@ -230,7 +232,7 @@ class Canvas(QWidget):
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter,
                              "Type a prompt or draw here")
         else:
-            painter.drawImage(rect, shown)  # nearest neighbour: crisp pixels
+            painter.drawImage(rect, shown)
         if self.show_sketch:
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             if shown is not None:  # a light outline keeps dark ink visible on dark frames

@@ -163,6 +163,11 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.redo_button.setDefaultAction(self.redo_action)
         self.show_sketch_box = QCheckBox("Show sketch")
         self.show_sketch_box.setChecked(True)
+        self.smooth_box = QCheckBox("Smooth")
+        self.smooth_box.setToolTip("Scale the frame smoothly to the canvas; off shows its "
+                                   "pixels as squares.")
+        self.smooth_box.setChecked(self.settings.smooth_display)
+        self.canvas.smooth = self.settings.smooth_display
         self.open_button = self._tool_button("Open image…", "Open an image to edit",
                                              checkable=False)
         self.save_image_button = self._tool_button("Save image…", "Save the frame as PNG",
@@ -226,7 +231,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         tools = QHBoxLayout()
         for widget in (self.brush_button, self.eraser_button, self.colour_button, self.size_spin,
                        self.clear_button, self.undo_button, self.redo_button,
-                       self.show_sketch_box):
+                       self.show_sketch_box, self.smooth_box):
             tools.addWidget(widget)
         tools.addStretch(1)
         for widget in (self.open_button, self.save_image_button, self.save_sketch_button):
@@ -273,6 +278,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.size_spin.valueChanged.connect(self._on_size_changed)
         self.clear_button.clicked.connect(self.canvas.clear_sketch)
         self.show_sketch_box.toggled.connect(self._on_show_sketch)
+        self.smooth_box.toggled.connect(self._on_smooth_toggled)
         self.open_button.clicked.connect(self._open_image_dialog)
         self.save_image_button.clicked.connect(lambda: self._save_dialog("image"))
         self.save_sketch_button.clicked.connect(lambda: self._save_dialog("sketch"))
@@ -431,6 +437,10 @@ class LiveTab(LiveFilesMixin, QWidget):
 
     def _on_show_sketch(self, shown: bool) -> None:
         self.canvas.show_sketch = shown
+        self.canvas.update()
+
+    def _on_smooth_toggled(self, smooth: bool) -> None:
+        self.canvas.smooth = self.settings.smooth_display = smooth
         self.canvas.update()
 
     def _show_colour(self) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QGuiApplication, QImage
 
-from app.canvas import Canvas, sketch_layer_from_white
+from app.canvas import Canvas, array_to_qimage, sketch_layer_from_white
 from engine.recipe import read_recipe
 from tests.app.conftest import FakeGenerator
 from tests.app.test_live_tab import last_delivered_request, stroke, wait_for_frame
@@ -249,3 +249,26 @@ def test_a_model_without_suggestions_disables_surprise_me(qtbot, make_window):
     wait_for_frame(qtbot, window, lambda request: True)
     assert not window.live_tab.surprise_button.isEnabled()
     assert window.live_tab.suggestions.rowCount() == 0
+
+
+def test_the_canvas_scales_frames_smoothly_or_as_square_pixels_and_remembers(qtbot,
+                                                                             make_window):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.show_sketch_box.setChecked(False)
+    checker = np.zeros((4, 4, 3), np.uint8)
+    checker[::2, ::2] = checker[1::2, 1::2] = 255
+    wait_for_frame(qtbot, window, lambda request: True)
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)  # no frame comes after
+    tab.canvas.set_frame(array_to_qimage(checker))
+
+    def grey_levels() -> int:
+        shot = tab.canvas.grab().toImage()
+        rect = tab.canvas.target_rect().toRect().adjusted(4, 4, -4, -4)
+        values = {shot.pixelColor(x, rect.center().y()).red()
+                  for x in range(rect.left(), rect.right(), 3)}
+        return len(values)
+
+    assert tab.smooth_box.isChecked() and grey_levels() > 2  # blends between the squares
+    tab.smooth_box.setChecked(False)
+    assert grey_levels() == 2 and window.settings.smooth_display is False
