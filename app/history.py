@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QMimeData, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QColor,
@@ -60,9 +60,10 @@ class HistoryStrip(QListWidget):
         self.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setAcceptDrops(True)
+        self.setDragEnabled(True)  # an entry drags out as its image and its PNG file
         self.setToolTip("History: frames you paused on and frames you saved; click one to "
-                        "draw it again. Drop a PNG saved by DMD Studio here to restore its "
-                        "recipe.")
+                        "draw it again, drag one onto the canvas to edit it or out to another "
+                        "program. Drop a PNG saved by DMD Studio here to restore its recipe.")
         self._pending: HistoryEntry | None = None
         self.settle_timer = QTimer(self)
         self.settle_timer.setSingleShot(True)
@@ -155,6 +156,17 @@ class HistoryStrip(QListWidget):
 
     def entries(self) -> list[HistoryEntry]:
         return [self.item(row).data(Qt.ItemDataRole.UserRole) for row in range(self.count())]
+
+    def mimeData(self, items: list[QListWidgetItem]) -> QMimeData:
+        """What dragging entries out carries: the first one's image and every kept PNG (with
+        its recipe), for the canvas (to edit it), other apps and file managers."""
+        mime = QMimeData()
+        entries = [item.data(Qt.ItemDataRole.UserRole) for item in items]
+        if entries:
+            mime.setImageData(entries[0].frame)
+        mime.setUrls([QUrl.fromLocalFile(str(entry.path)) for entry in entries
+                      if entry.path is not None and entry.path.is_file()])
+        return mime
 
     def paintEvent(self, event) -> None:
         super().paintEvent(event)

@@ -272,3 +272,21 @@ def test_the_canvas_scales_frames_smoothly_or_as_square_pixels_and_remembers(qtb
     assert tab.smooth_box.isChecked() and grey_levels() > 2  # blends between the squares
     tab.smooth_box.setChecked(False)
     assert grey_levels() == 2 and window.settings.smooth_display is False
+
+
+def test_an_entry_drags_out_as_its_image_and_png_and_drops_on_the_canvas_to_edit(qtbot,
+                                                                                 make_window):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    tab.prompt_edit.setText("kite")
+    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=10_000)
+    tab.history.keep_pending()
+    assert tab.history.count() == 1
+    mime = tab.history.mimeData([tab.history.item(0)])
+    entry = tab.history.entries()[0]
+    assert QImage(mime.imageData()) == entry.frame
+    assert [url.toLocalFile() for url in mime.urls()] == [str(entry.path)]
+    assert read_recipe(entry.path).prompt == "kite"
+    drop(tab.canvas, mime)
+    wait_for_frame(qtbot, window, lambda request: request.init_image is not None)
+    assert tab.mode == "edit"
