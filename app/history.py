@@ -34,6 +34,13 @@ from engine.recipe import Recipe, read_recipe, text_chunks
 HISTORY_SETTLE_MS = 1500  # a frame shown this long without a newer one joins the history
 HISTORY_LIMIT = 48
 THUMBNAIL_PX = 64
+FRAME_FORMAT = QImage.Format.Format_RGB888  # one format, so equal frames compare equal
+
+
+def forget(path: Path) -> None:
+    """Delete a history file; one already gone, or a read-only folder, is not an error."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,22 +84,28 @@ class HistoryStrip(QListWidget):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self._load()
 
-    def _load(self) -> None:
-        """The newest HISTORY_LIMIT PNGs of the folder; unreadable ones are skipped."""
+    def _files(self) -> list[Path]:
+        """The folder's PNGs, oldest first (names are times); [] without a folder."""
         if self.folder is None or not self.folder.is_dir():
-            return
-        files = sorted(path for path in self.folder.glob("*.png") if not path.name.startswith("."))
+            return []
+        return sorted(path for path in self.folder.glob("*.png") if not path.name.startswith("."))
+
+    def _load(self) -> None:
+        """The newest HISTORY_LIMIT readable PNGs of the folder; older readable ones (fallen
+        off the strip, e.g. by a crash before trimming) are deleted, unreadable ones left."""
         kept: list[HistoryEntry] = []
-        for path in reversed(files):  # newest first, until the strip is full
+        for path in reversed(self._files()):  # newest first
             frame = QImage(str(path))
             try:
                 recipe = read_recipe(path)
             except EngineError:
                 recipe = None
-            if not frame.isNull() and recipe is not None:
-                kept.append(HistoryEntry(frame, recipe, path))
+            if frame.isNull() or recipe is None:
+                continue
             if len(kept) == HISTORY_LIMIT:
-                break
+                forget(path)
+            else:
+                kept.append(HistoryEntry(frame, recipe, path))
         for entry in reversed(kept):
             self._insert(entry)
 
@@ -110,6 +123,7 @@ class HistoryStrip(QListWidget):
         return entry
 
     def add(self, entry: HistoryEntry) -> None:
+        entry = replace(entry, frame=entry.frame.convertToFormat(FRAME_FORMAT))
         for row, kept in enumerate(self.entries()):
             if kept.frame == entry.frame and kept.recipe.describe() == entry.recipe.describe():
                 self.setCurrentRow(row)  # drawn again (a click, a save after it settled)
@@ -120,6 +134,7 @@ class HistoryStrip(QListWidget):
             self._remove(self.count() - 1)
 
     def _insert(self, entry: HistoryEntry) -> None:
+        entry = replace(entry, frame=entry.frame.convertToFormat(FRAME_FORMAT))  # comparable
         thumbnail = entry.frame.scaled(THUMBNAIL_PX, THUMBNAIL_PX,
                                        Qt.AspectRatioMode.KeepAspectRatio,
                                        Qt.TransformationMode.SmoothTransformation)
@@ -144,8 +159,7 @@ class HistoryStrip(QListWidget):
     def _remove(self, row: int) -> None:
         entry = self.takeItem(row).data(Qt.ItemDataRole.UserRole)
         if entry.path is not None:
-            with contextlib.suppress(OSError):  # already gone, or a read-only folder
-                entry.path.unlink(missing_ok=True)
+            forget(entry.path)
 
     def clear_history(self) -> None:
         """Remove every entry and its file."""
@@ -153,6 +167,8 @@ class HistoryStrip(QListWidget):
         self._pending = None
         while self.count():
             self._remove(0)
+        for path in self._files():  # and any the strip did not show
+            forget(path)
 
     def entries(self) -> list[HistoryEntry]:
         return [self.item(row).data(Qt.ItemDataRole.UserRole) for row in range(self.count())]
@@ -185,11 +201,7 @@ class HistoryStrip(QListWidget):
         else:
             event.ignore()
 
-    def dragMoveEvent(self, event) -> None:
-        if local_file(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+    dragMoveEvent = dragEnterEvent
 
     def dropEvent(self, event: QDropEvent) -> None:
         path = local_file(event)

@@ -7,6 +7,7 @@ the tab's widgets, canvas, engine, history and settings.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtGui import QGuiApplication, QImage
@@ -25,8 +26,8 @@ class LiveFilesMixin:
     def recipe_of(self, result: GenerateResult) -> Recipe:
         """What made this frame (a preview's recipe asks for the preview's step count)."""
         request = result.request
-        if result.preview:
-            request = request.preview(sketch_edits=True) or request
+        if result.preview:  # the service drew it at the request's preview step count
+            request = replace(request, steps=request.preview_steps, preview_steps=0)
         return Recipe.from_request(request, self.engine.description, result.backend)
 
     def edit_image(self, image: QImage, name: str) -> bool:
@@ -106,7 +107,8 @@ class LiveFilesMixin:
         try:
             self.prompt_edit.setText(recipe.prompt)
             self.seed_lock.setChecked(True)
-            self.seed_spin.setValue(min(max(recipe.seed, 0), MAX_SEED))
+            seed = min(max(recipe.seed, 0), MAX_SEED)
+            self.seed_spin.setValue(seed)
             steps_index = self.steps_combo.findData(recipe.steps)
             if steps_index >= 0:
                 self.steps_combo.setCurrentIndex(steps_index)
@@ -124,9 +126,11 @@ class LiveFilesMixin:
         self._on_mode_changed()
         self._on_steps_changed()
         self.submit_current()
-        note = " (the student draws it; the recipe used the teacher)" if recipe.teacher_steps \
-            else ""
-        self.status_message.emit(f"Restored {recipe.describe()}{note}")
+        notes = [" (the student draws it; the recipe used the teacher)"] \
+            if recipe.teacher_steps else []
+        if seed != recipe.seed:
+            notes.append(f" (seed {seed}: the app's seeds lie in 0...{MAX_SEED})")
+        self.status_message.emit(f"Restored {recipe.describe()}{''.join(notes)}")
 
     def save(self, what: str, path: str) -> bool:
         """Save the frame ("image", with its recipe) or the sketch layer ("sketch") as PNG,

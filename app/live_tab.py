@@ -292,6 +292,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.compare.submit_requested.connect(self.submit_request)
         self.engine.result_ready.connect(self._on_result)
         self.engine.busy_changed.connect(self.busy_bar.setVisible)
+        self.engine.busy_changed.connect(lambda busy: self.variations_button.setEnabled(not busy))
         self.engine.generator_changed.connect(self._on_generator_changed)
 
     # -- requests ----------------------------------------------------------------------------
@@ -348,17 +349,28 @@ class LiveTab(LiveFilesMixin, QWidget):
     # -- results -----------------------------------------------------------------------------
     def make_variations(self) -> None:
         """Render the current inputs at VARIATIONS random seeds, one after another (a new
-        input stops the round), into the history strip rather than onto the canvas."""
+        input stops the round), into the history strip rather than onto the canvas; only
+        once the canvas has its final frame (the button is off while a frame is made)."""
+        if not self.engine.has_generator:
+            self.status_message.emit("No model is loaded. Pick one in the Engine tab.")
+            return
+        if self.engine.busy:
+            return
         base = self.build_request()
         self._waiting_variations[:] = [replace(base, seed=random.randint(0, MAX_SEED),
                                                preview_steps=0) for _ in range(VARIATIONS)]
         self._submit_next_variation()
 
     def _submit_next_variation(self) -> None:
-        if self._waiting_variations:
+        if not self._waiting_variations:
+            return
+        try:
             request_id = self.engine.submit(self._waiting_variations.pop(0))
-            if request_id is not None:
-                self._variation_ids.add(request_id)
+        except Exception as error:  # noqa: BLE001 - as in submit_request
+            self.status_message.emit(f"Could not submit: {error}")
+            return
+        if request_id is not None:
+            self._variation_ids.add(request_id)
 
     def _on_result(self, result: GenerateResult, request: GenerateRequest) -> None:
         if result.request_id in self._variation_ids:

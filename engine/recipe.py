@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,8 +100,13 @@ class Recipe:
             for name in ("sketch", "init_image"):
                 if values.get(name) is not None:
                     typed[name] = decode_png(values[name])
-            return cls(**typed)
-        except (ValueError, TypeError, OSError, UnidentifiedImageError) as error:
+            recipe = cls(**typed)
+            if not (0.0 <= recipe.strength <= 1.0 and math.isfinite(recipe.guidance)
+                    and recipe.steps >= 1 and recipe.teacher_steps >= 0):
+                raise ValueError("a value out of range")
+            return recipe
+        except (ArithmeticError, ValueError, TypeError, OSError,
+                Image.DecompressionBombError) as error:
             raise EngineError(f"The image's DMD Studio recipe is damaged ({error}).") from error
 
 
@@ -128,6 +134,7 @@ def read_recipe(path: str | Path) -> Recipe | None:
             text = getattr(image, "text", {}).get(RECIPE_KEY)
     except FileNotFoundError as error:
         raise EngineError(f"{path} does not exist.") from error
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        # ValueError: Pillow refuses text chunks over its memory limit
         raise EngineError(f"{path} is not a readable image.") from error
     return None if text is None else Recipe.from_text(text)

@@ -37,13 +37,12 @@ def main() -> int:
 
     from engine.api import GenerateRequest
     from engine.embedded.autoencoder import (
-        evaluate_psnr,
+        evaluate_reconstructions,
         load_autoencoder,
-        to_model_range,
+        reconstruct,
         to_uint8,
     )
     from engine.embedded.dataset import load_dataset
-    from engine.embedded.decoder_gan import sharpness
     from engine.pipeline.generator import Generator
     from engine.runtime import create_backend
 
@@ -60,11 +59,10 @@ def main() -> int:
     rows = [[data.images[i] for i in ids]]
     decoders = [args.student / "vae", args.decoder]
     for path in decoders:
-        ae = load_autoencoder(path).eval()
-        with torch.no_grad():
-            recon = to_uint8(ae.decode(ae.encode(to_model_range(heldout)).latents).sample)
-        print(f"{path}: held-out PSNR {evaluate_psnr(ae, heldout):.2f} dB, "
-              f"sharpness {sharpness(recon, heldout.numpy()):.3f}")
+        ae = load_autoencoder(path)
+        recon = to_uint8(reconstruct(ae, heldout))
+        score, detail = evaluate_reconstructions(ae, heldout)
+        print(f"{path}: held-out PSNR {score:.2f} dB, sharpness {detail:.3f}")
         rows.append([recon[list(np.flatnonzero(data.heldout)).index(i)] for i in ids])
     with tempfile.TemporaryDirectory() as temporary:
         folders = [args.student, with_decoder(args.student, args.decoder, Path(temporary))]

@@ -17,6 +17,8 @@ from engine.api import EngineError, GenerateRequest
 from engine.cli.common import add_model_arguments, load_cli_generator
 from engine.recipe import Recipe, png_info, read_recipe
 
+DEFAULT_STRENGTH = 0.6  # --init / --sketch without --strength
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,8 @@ def add_parser(subparsers) -> None:
     prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line (batch)")
     prompt.add_argument("--recipe", type=Path, metavar="IMAGE",
                         help="draw again the frame an image saved by DMD Studio records (its "
-                             "prompt, seed, steps, sketch...; flags given here override it)")
+                             "prompt, seed, steps, sketch...; the other flags given here "
+                             "override it)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
                         help="student steps (default: the count the student was distilled "
@@ -42,7 +45,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--init", type=Path, help="an image to edit (img2img)")
     parser.add_argument("--strength", type=float, default=None,
                         help="img2img strength in [0, 1]: 0 keeps --init, 1 ignores it "
-                             "(default 0.6)")
+                             "(default 0.6, or the --recipe's when it edited an image too)")
     parser.add_argument("--sketch", type=Path, help="a line sketch that conditions the image")
     parser.add_argument("--out", type=Path, required=True,
                         help="output PNG (single prompt) or folder (with --prompts)")
@@ -102,24 +105,32 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     if args.recipe and recipe is None:
         raise EngineError(f"{args.recipe} has no DMD Studio recipe (it was not saved by "
                           "DMD Studio or generate).")
-    base = recipe.request() if recipe else GenerateRequest(prompt="", strength=0.6)
+    base = recipe.request() if recipe else GenerateRequest(prompt=args.prompt or "")
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
-    chosen = {
-        "prompt": base.prompt if recipe else args.prompt or "",
-        "seed": args.seed, "steps": args.steps, "strength": args.strength,
-        "teacher_steps": args.teacher_steps, "guidance": args.guidance,
-        "init_image": init_image, "sketch": sketch,
-    }
-    return replace(base, **{name: value for name, value in chosen.items() if value is not None})
+    strength = args.strength
+    new_image = init_image is not None or sketch is not None
+    if strength is None and new_image and base.init_image is None and base.sketch is None:
+        strength = DEFAULT_STRENGTH  # an image to edit where there was none
+    chosen = {"seed": args.seed, "steps": args.steps, "strength": strength,
+              "teacher_steps": args.teacher_steps, "guidance": args.guidance,
+              "init_image": init_image, "sketch": sketch}
+    request = replace(base, **{name: value for name, value in chosen.items() if value is not None})
+    if request.init_image is None and request.sketch is None:
+        request = replace(request, strength=1.0)  # the strength only edits images
+    return request
 
 
 def run(args: argparse.Namespace) -> int:
     base = base_request(args)
-    if base.init_image is None:  # the strength only edits an image (a recipe's is 1.0)
-        base = replace(base, strength=1.0 if base.sketch is None else base.strength)
     prompts = read_prompts(args.prompts) if args.prompts else [base.prompt]
     generator = load_cli_generator(args)
+    from engine.pipeline.generator import resized
+
+    size = generator.backend.image_size  # the generator resizes images to it anyway, so the
+    base = replace(  # recipes store them at that size (exact, and small)
+        base, init_image=None if base.init_image is None else resized(base.init_image, size),
+        sketch=None if base.sketch is None else resized(base.sketch, size))
     if args.steps is None and not args.recipe:
         base = replace(base, steps=generator.default_steps)
     model = args.model or "embedded student"

@@ -8,6 +8,8 @@ from pathlib import Path
 from engine.api import EngineError
 from engine.cli.training_run import add_run_arguments, prepare_run
 
+DISCRIMINATOR_LR = 2e-4
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -33,7 +35,9 @@ def add_parser(subparsers) -> None:
                         help="weight of a patch discriminator's hinge loss added to the "
                              "reconstruction loss, for sharper detail (default 0: off; "
                              "the run's own on --resume)")
-    parser.add_argument("--discriminator-lr", type=float, default=2e-4)
+    parser.add_argument("--discriminator-lr", type=float, default=None,
+                        help="the discriminator's learning rate (default 2e-4; the run's own "
+                             "on --resume)")
     parser.add_argument("--eval-every", type=int, default=500, help="held-out PSNR interval")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint interval")
     add_run_arguments(parser, export_help="write vae/ from the last checkpoint and exit")
@@ -48,8 +52,7 @@ def run(args) -> int:
     from engine.embedded.autoencoder import (
         AutoencoderTrainer,
         decode_ms,
-        evaluate_psnr,
-        evaluate_sharpness,
+        evaluate_reconstructions,
         reconstruction_grid,
     )
     from engine.embedded.checkpoint import MetricsLog, StopFlag, write_json
@@ -65,6 +68,7 @@ def run(args) -> int:
                                                         args.decoder_channels)):
         if value is not None and value < 1:
             raise EngineError(f"{flag} must be positive, not {value}.")
+    args.discriminator_lr = args.discriminator_lr or DISCRIMINATOR_LR
     if (args.adversarial_weight or 0) < 0 or args.discriminator_lr <= 0:
         raise EngineError("--adversarial-weight must be zero or positive and "
                           "--discriminator-lr positive.")
@@ -87,8 +91,8 @@ def run(args) -> int:
         if save:
             trainer.save(args.out)
         info = trainer.export(args.out / "vae", all_images)
-        info["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
-        info["heldout_sharpness"] = evaluate_sharpness(trainer.ae, trainer.heldout)
+        info["heldout_psnr"], info["heldout_sharpness"] = evaluate_reconstructions(
+            trainer.ae, trainer.heldout)
         info["decode_ms_batch1"] = decode_ms(trainer.ae.to("cpu"))
         trainer.ae.to(trainer.device)
         write_json(args.out / "vae" / "training.json", info)
@@ -115,8 +119,8 @@ def run(args) -> int:
                 record = {"step": trainer.step, **logs, "it_per_s": rate,
                           "eta_s": (args.steps - trainer.step) / max(rate, 1e-9)}
                 if trainer.step % args.eval_every == 0:
-                    record["heldout_psnr"] = evaluate_psnr(trainer.ae, trainer.heldout)
-                    record["heldout_sharpness"] = evaluate_sharpness(trainer.ae, trainer.heldout)
+                    record["heldout_psnr"], record["heldout_sharpness"] = \
+                        evaluate_reconstructions(trainer.ae, trainer.heldout)
                     bar.write(f"step {trainer.step}: held-out PSNR {record['heldout_psnr']:.2f} "
                               f"dB, sharpness {record['heldout_sharpness']:.3f}")
                 metrics.write(record)
@@ -128,8 +132,9 @@ def run(args) -> int:
 
 
 def architecture_from_run(args, checkpoints: list[Path]) -> None:
-    """On --resume, channels, decoder channels, the frozen encoder and the adversarial weight
-    default to the run's own (config.json), so a resumed decoder-only run stays decoder-only."""
+    """On --resume, channels, decoder channels, the frozen encoder, the adversarial weight and
+    the discriminator's lr default to the run's own (config.json), so a resumed decoder-only
+    run stays decoder-only."""
     import json
 
     config_path = args.out / "config.json"
@@ -142,5 +147,7 @@ def architecture_from_run(args, checkpoints: list[Path]) -> None:
         args.decoder_channels = saved.get("decoder_channels")
     if args.adversarial_weight is None:
         args.adversarial_weight = saved.get("adversarial_weight", 0.0)
+    if args.discriminator_lr is None:
+        args.discriminator_lr = saved.get("discriminator_lr")
     if args.frozen_encoder is None and saved.get("frozen_encoder"):
         args.frozen_encoder = Path(saved["frozen_encoder"])

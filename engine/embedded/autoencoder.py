@@ -93,28 +93,22 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_sharpness(ae, images_uint8: torch.Tensor, batch: int = 32) -> float:
-    """Laplacian energy of the reconstructions relative to the images' (1.0: as detailed)."""
+def reconstruct(ae, images_uint8: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The autoencoder's reconstructions of uint8 NHWC images: float NCHW in [-1, 1], CPU."""
     ae.eval()
     device = next(ae.parameters()).device
-    recons = [to_uint8(ae.decode(ae.encode(to_model_range(images_uint8[start:start + batch])
-                                           .to(device)).latents).sample)
-              for start in range(0, len(images_uint8), batch)]
+    chunks = [ae.decode(ae.encode(to_model_range(chunk).to(device)).latents).sample.float().cpu()
+              for chunk in images_uint8.split(batch)]
     ae.train()
-    return sharpness(np.concatenate(recons), images_uint8.numpy())
+    return torch.cat(chunks)
 
 
-@torch.no_grad()
-def evaluate_psnr(ae, images_uint8: torch.Tensor, batch: int = 32) -> float:
-    ae.eval()
-    scores, counts = [], []
-    device = next(ae.parameters()).device
-    for start in range(0, len(images_uint8), batch):
-        x = to_model_range(images_uint8[start:start + batch]).to(device)
-        scores.append(psnr(x, ae.decode(ae.encode(x).latents).sample) * len(x))
-        counts.append(len(x))
-    ae.train()
-    return sum(scores) / max(sum(counts), 1)
+def evaluate_reconstructions(ae, images_uint8: torch.Tensor) -> tuple[float, float]:
+    """(mean PSNR in dB, sharpness: Laplacian energy relative to the images') of the
+    reconstructions of held-out images."""
+    recon = reconstruct(ae, images_uint8)
+    return (psnr(to_model_range(images_uint8), recon),
+            sharpness(to_uint8(recon), images_uint8.numpy()))
 
 
 @torch.no_grad()

@@ -71,10 +71,16 @@ def to_rgb_array(image: np.ndarray, what: str) -> np.ndarray:
     return image
 
 
+def resized(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HxWx3 at size x size (Lanczos; the same array when it already is)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
 def image_to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxWx3 -> (1, 3, size, size) float in [-1, 1]."""
-    if image.shape[:2] != (size, size):
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+    image = resized(image, size)
     array = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
     return array.unsqueeze(0)
 

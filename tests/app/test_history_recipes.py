@@ -279,7 +279,7 @@ def test_an_entry_drags_out_as_its_image_and_png_and_drops_on_the_canvas_to_edit
     window = make_window(FakeGenerator())
     tab = window.live_tab
     tab.prompt_edit.setText("kite")
-    qtbot.waitUntil(lambda: tab.canvas.frame is not None, timeout=10_000)
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "kite")
     tab.history.keep_pending()
     assert tab.history.count() == 1
     mime = tab.history.mimeData([tab.history.item(0)])
@@ -290,3 +290,50 @@ def test_an_entry_drags_out_as_its_image_and_png_and_drops_on_the_canvas_to_edit
     drop(tab.canvas, mime)
     wait_for_frame(qtbot, window, lambda request: request.init_image is not None)
     assert tab.mode == "edit"
+
+
+def test_a_saved_preview_records_the_step_count_it_was_drawn_with(qtbot, make_window):
+    from engine.api import GenerateRequest, GenerateResult
+
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    asked = GenerateRequest(prompt="owl", steps=2, preview_steps=1, strength=0.5,
+                            sketch=np.full((8, 8, 3), 255, np.uint8))
+    preview = GenerateResult(1, np.zeros((8, 8, 3), np.uint8), preview=True, request=asked)
+    full = GenerateResult(1, np.zeros((8, 8, 3), np.uint8), request=asked)
+    assert tab.recipe_of(preview).steps == 1 and tab.recipe_of(full).steps == 2
+
+
+def test_variations_wait_for_the_final_frame_and_need_a_model(qtbot, make_window):
+    window = make_window(FakeGenerator(delay_s=0.3))
+    tab = window.live_tab
+    tab.prompt_edit.setText("slow")
+    qtbot.waitUntil(lambda: window.engine.busy, timeout=10_000)
+    assert not tab.variations_button.isEnabled()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    assert tab.variations_button.isEnabled()
+    empty = make_window().live_tab
+    messages = []
+    empty.status_message.connect(messages.append)
+    empty.make_variations()
+    assert messages == ["No model is loaded. Pick one in the Engine tab."]
+
+
+def test_clearing_removes_every_history_file_and_restarts_do_not_duplicate(qtbot, tmp_path):
+    from app.history import HistoryEntry, HistoryStrip
+    from engine.recipe import Recipe
+
+    folder = tmp_path / "history"
+    strip = HistoryStrip(folder)
+    qtbot.addWidget(strip)
+    frame = QImage(8, 8, QImage.Format.Format_ARGB32)
+    frame.fill(Qt.GlobalColor.magenta)
+    entry = HistoryEntry(frame, Recipe(prompt="same"))
+    strip.add(entry)
+    again = HistoryStrip(folder)
+    qtbot.addWidget(again)
+    again.add(entry)  # loaded from disk in another pixel format, still the same frame
+    assert again.count() == 1 and len(list(folder.glob("*.png"))) == 1
+    (folder / "unreadable.png").write_text("not an image")
+    again.clear_history()
+    assert again.count() == 0 and not list(folder.glob("*.png"))

@@ -52,7 +52,10 @@ def test_an_image_without_a_recipe_reads_none_and_damage_is_one_clear_error(tmp_
     for text in ("not json", json.dumps({"version": 99, "prompt": "x", "mode": "text"}),
                  json.dumps({"version": 1, "prompt": "x", "mode": "collage"}),
                  json.dumps({"version": 1, "prompt": "x", "mode": "text", "seed": "many"}),
-                 json.dumps({"version": 1, "prompt": "x", "mode": "sketch", "sketch": "@@"})):
+                 json.dumps({"version": 1, "prompt": "x", "mode": "sketch", "sketch": "@@"}),
+                 '{"version": 1, "prompt": "x", "mode": "text", "seed": 1e400}',
+                 '{"version": 1, "prompt": "x", "mode": "text", "strength": NaN}',
+                 json.dumps({"version": 1, "prompt": "x", "mode": "text", "steps": 0})):
         with pytest.raises(EngineError, match="recipe is damaged"):
             Recipe.from_text(text)
     (tmp_path / "text.png").write_text("no image")
@@ -89,3 +92,23 @@ def test_generate_recipe_from_a_plain_image_exits_2(tiny_model_dir, tmp_path, ca
     result = run_in_process(capsys, "generate", "--model", tiny_model_dir, "--recipe", plain,
                             "--out", tmp_path / "o.png")
     assert_clean_error(result, "has no DMD Studio recipe")
+
+
+def test_generate_stores_conditioning_images_at_the_models_size_and_edits_at_0_6(
+        tiny_model_dir, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), np.uint8)).save(big)
+    text = tmp_path / "text.png"
+    assert run_in_process(capsys, "generate", "--model", tiny_model_dir, "--prompt", "cat",
+                          "--out", text).returncode == 0
+    assert read_recipe(text).strength == 1.0 and read_recipe(text).mode == "text"
+    edit = tmp_path / "edit.png"
+    result = run_in_process(capsys, "generate", "--model", tiny_model_dir, "--recipe", text,
+                            "--init", big, "--out", edit)
+    assert result.returncode == 0, result.stderr
+    recipe = read_recipe(edit)
+    assert (recipe.mode, recipe.strength, recipe.init_image.shape) == ("edit", 0.6, (32, 32, 3))
+    again = tmp_path / "again.png"
+    assert run_in_process(capsys, "generate", "--model", tiny_model_dir, "--recipe", edit,
+                          "--out", again).returncode == 0
+    assert np.array_equal(np.asarray(Image.open(edit)), np.asarray(Image.open(again)))
