@@ -7,6 +7,7 @@ the tab's widgets, canvas, engine, history and settings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -151,8 +152,18 @@ class LiveFilesMixin:
         self.status_message.emit(f"Saved {path}")
         return True
 
+    def default_save_name(self, what: str) -> str:
+        """'red-apple-seed-7.png' for the frame (from its recipe), 'sketch.png' otherwise."""
+        recipe = self.frame_recipe if what == "image" else None
+        if recipe is None:
+            return f"{what}.png"
+        words = re.findall(r"[\w]+", recipe.prompt.lower())
+        stem = "-".join(words)[:48].strip("-") or "image"
+        return f"{stem}-seed-{recipe.seed}.png"
+
     def _save_dialog(self, what: str) -> None:
-        default = str(Path(self.settings.last_save_folder or Path.home()) / f"{what}.png")
+        folder = Path(self.settings.last_save_folder or Path.home())
+        default = str(folder / self.default_save_name(what))
         path, _ = QFileDialog.getSaveFileName(self, f"Save {what}", default, "PNG (*.png)")
         if path:
             self.save(what, path if path.lower().endswith(".png") else path + ".png")

@@ -337,3 +337,14 @@ def test_clearing_removes_every_history_file_and_restarts_do_not_duplicate(qtbot
     (folder / "unreadable.png").write_text("not an image")
     again.clear_history()
     assert again.count() == 0 and not list(folder.glob("*.png"))
+
+
+def test_the_save_dialog_suggests_a_name_from_the_prompt_and_seed(qtbot, make_window):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    assert tab.default_save_name("image") in ("image.png", "image-seed-0.png")
+    tab.prompt_edit.setText("Smiling cat: face/ünï 🐱")
+    tab.seed_spin.setValue(42)
+    wait_for_frame(qtbot, window, lambda request: request.seed == 42 and "cat" in request.prompt)
+    assert tab.default_save_name("image") == "smiling-cat-face-ünï-seed-42.png"
+    assert tab.default_save_name("sketch") == "sketch.png"
