@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from model_grids import heldout_columns, labelled_grid  # noqa: E402
+from model_grids import heldout_columns, write_grid  # noqa: E402
 
 
 def main() -> int:
@@ -56,9 +56,7 @@ def main() -> int:
     for seed in range(args.seeds):
         rows.append(row(teacher, seed, teacher_steps=args.teacher_steps, guidance=args.guidance))
         rows.extend(row(student, seed, steps=steps) for steps in (1, 2, 4))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(rows, captions).save(args.out)
-    print(f"wrote {args.out}")
+    write_grid(rows, captions, args.out)
     return 0
 
 

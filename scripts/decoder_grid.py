@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from model_grids import heldout_columns, labelled_grid  # noqa: E402
+from model_grids import heldout_columns, write_grid  # noqa: E402
 
 
 def with_decoder(student: Path, decoder: Path, folder: Path) -> Path:
@@ -70,9 +70,7 @@ def main() -> int:
             generator = Generator(create_backend(str(folder), "torch", "cpu"))
             rows.append([generator.generate(GenerateRequest(prompt=caption, steps=2))[0]
                          for caption in captions])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(rows, captions).save(args.out)
-    print(f"wrote {args.out}")
+    write_grid(rows, captions, args.out)
     return 0
 
 

@@ -44,6 +44,13 @@ def labelled_grid(rows: list[list[np.ndarray]], captions: list[str]) -> Image.Im
     return grid
 
 
+def write_grid(rows: list[list[np.ndarray]], captions: list[str], out: Path) -> None:
+    """labelled_grid saved as a PNG at out (its folder made), and say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(rows, captions).save(out)
+    print(f"wrote {out}")
+
+
 def main() -> int:
     from engine.api import GenerateRequest
     from engine.embedded.dataset import load_dataset
