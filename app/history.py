@@ -45,12 +45,16 @@ def forget(path: Path) -> None:
 
 @dataclass(frozen=True, eq=False)
 class HistoryEntry:
+    """One kept frame and the recipe that draws it again."""
+
     frame: QImage
     recipe: Recipe
     path: Path | None = None  # its PNG in the history folder, once written there
 
 
 class HistoryStrip(QListWidget):
+    """A row of thumbnails, newest first, kept on disk in `folder` (None: memory only)."""
+
     entry_chosen = Signal(object)  # HistoryEntry
     file_dropped = Signal(str)  # a local file to read a recipe from
     problem = Signal(str)  # the history folder could not be written

@@ -24,6 +24,8 @@ MAX_SEED = 2**31 - 1
 
 
 class LiveFilesMixin:
+    """Files, clipboard and recipes for LiveTab (see the module docstring)."""
+
     def recipe_of(self, result: GenerateResult) -> Recipe:
         """What made this frame (a preview's recipe asks for the preview's step count)."""
         request = result.request
