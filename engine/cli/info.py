@@ -1,4 +1,4 @@
-"""`python -m engine info`: what a model folder holds."""
+"""`python -m engine info`: what a model folder holds, or the recipe a saved image holds."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 
 from engine.cli.common import model_or_default
+from engine.pipeline.loading import read_prompt_suggestions
 
 
 def count_parameters(module) -> int:
@@ -37,12 +38,38 @@ def describe(parts, device: str) -> dict:
                      "alphas_cumprod_first": float(schedule.alphas_cumprod[0]),
                      "alphas_cumprod_last": float(schedule.alphas_cumprod[-1])},
         "student": parts.student_config or None,
+        "prompt_suggestions": len(read_prompt_suggestions(parts.model_dir)),
     }
+
+
+def recipe_summary(recipe) -> dict:
+    """A recipe's fields, its conditioning images as their sizes (not their pixels)."""
+    fields = {name: getattr(recipe, name) for name in
+              ("prompt", "seed", "steps", "mode", "strength", "teacher_steps", "guidance",
+               "model", "backend")}
+    for name in ("sketch", "init_image"):
+        image = getattr(recipe, name)
+        fields[name] = None if image is None else f"{image.shape[1]}x{image.shape[0]} RGB"
+    return fields
+
+
+def show_recipe(path, as_json: bool) -> int:
+    from engine.api import EngineError
+    from engine.recipe import read_recipe
+
+    recipe = read_recipe(path)
+    if recipe is None:
+        raise EngineError(f"{path} has no DMD Studio recipe (it was not saved by DMD Studio "
+                          "or generate).")
+    print(json.dumps(recipe_summary(recipe), indent=1, ensure_ascii=False) if as_json
+          else recipe.describe())
+    return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show a model's components, sizes and schedule")
     parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
+    parser.add_argument("--image", help="instead: the recipe saved in this PNG (what made it)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
@@ -52,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.pipeline.loading import load_pipeline
     from engine.runtime.torch_backend import pick_device
 
+    if args.image:
+        return show_recipe(args.image, args.json)
     device = pick_device(args.device)
     info = describe(load_pipeline(model_or_default(args.model), device=device), device)
     if args.json:
@@ -70,5 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if info["student"]:
         print(f"student       timesteps {info['student'].get('timesteps')}, "
               f"method {info['student'].get('method')}")
+    print(f"prompts       {info['prompt_suggestions']} suggestions (prompts.txt)")
     print(f"device        {device}")
     return 0

@@ -112,3 +112,19 @@ def test_generate_stores_conditioning_images_at_the_models_size_and_edits_at_0_6
     assert run_in_process(capsys, "generate", "--model", tiny_model_dir, "--recipe", edit,
                           "--out", again).returncode == 0
     assert np.array_equal(np.asarray(Image.open(edit)), np.asarray(Image.open(again)))
+
+
+def test_info_image_prints_the_recipe_without_its_pixels(tiny_model_dir, tmp_path, capsys):
+    sketch = tmp_path / "sketch.png"
+    Image.fromarray(sketch_image()).save(sketch)
+    out = tmp_path / "cat.png"
+    assert run_in_process(capsys, "generate", "--model", tiny_model_dir, "--prompt", "cat",
+                          "--seed", 4, "--sketch", sketch, "--out", out).returncode == 0
+    line = run_in_process(capsys, "info", "--image", out)
+    assert line.returncode == 0 and line.stdout.startswith('"cat", seed 4, ')
+    summary = json.loads(run_in_process(capsys, "info", "--image", out, "--json").stdout)
+    assert summary["sketch"] == "32x32 RGB" and summary["init_image"] is None
+    assert (summary["prompt"], summary["seed"], summary["mode"]) == ("cat", 4, "sketch")
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plain)
+    assert_clean_error(run_in_process(capsys, "info", "--image", plain), "no DMD Studio recipe")
