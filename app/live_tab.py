@@ -168,10 +168,10 @@ class LiveTab(LiveFilesMixin, QWidget):
                                    "pixels as squares.")
         self.smooth_box.setChecked(self.settings.smooth_display)
         self.canvas.smooth = self.settings.smooth_display
-        self.open_button = self._tool_button("Open image…", "Open an image to edit",
+        self.open_button = self._tool_button("Open image…", "Open an image to edit (Ctrl+O)",
                                              checkable=False)
-        self.save_image_button = self._tool_button("Save image…", "Save the frame as PNG",
-                                                   checkable=False)
+        self.save_image_button = self._tool_button(
+            "Save image…", "Save the frame as PNG, with its recipe (Ctrl+S)", checkable=False)
         self.save_sketch_button = self._tool_button("Save sketch…", "Save the sketch as PNG",
                                                     checkable=False)
         self.history = HistoryStrip(history_folder())
@@ -182,8 +182,8 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.paste_action = self._action("Paste image to edit", "Ctrl+Shift+V", self.paste_image)
         self.canvas.addActions([
             self.copy_action, self.paste_action,
-            self._action("Open image to edit…", "", self._open_image_dialog),
-            self._action("Save image…", "", lambda: self._save_dialog("image")),
+            self._action("Open image to edit…", "Ctrl+O", self._open_image_dialog),
+            self._action("Save image…", "Ctrl+S", lambda: self._save_dialog("image")),
         ])
         # status
         self.model_missing = QLabel("No model is loaded. Pick one in the Engine tab.")

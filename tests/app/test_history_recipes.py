@@ -348,3 +348,20 @@ def test_the_save_dialog_suggests_a_name_from_the_prompt_and_seed(qtbot, make_wi
     wait_for_frame(qtbot, window, lambda request: request.seed == 42 and "cat" in request.prompt)
     assert tab.default_save_name("image") == "smiling-cat-face-ünï-seed-42.png"
     assert tab.default_save_name("sketch") == "sketch.png"
+
+
+def test_ctrl_s_and_ctrl_o_open_the_save_and_open_dialogs(qtbot, make_window, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *args: asked.append(("save", args[3])) or ("", ""))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        lambda *args: asked.append(("open", args[3])) or ("", ""))
+    tab.canvas.setFocus()
+    qtbot.keyClick(tab.canvas, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(tab.canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ControlModifier)
+    assert [kind for kind, _ in asked] == ["save", "open"]
+    assert asked[0][1] == "PNG (*.png)"
