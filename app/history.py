@@ -99,7 +99,7 @@ class HistoryStrip(QListWidget):
         off the strip, e.g. by a crash before trimming) are deleted, unreadable ones left."""
         kept: list[HistoryEntry] = []
         for path in reversed(self._files()):  # newest first
-            frame = QImage(str(path))
+            frame = QImage(str(path)).convertToFormat(FRAME_FORMAT)  # comparable with add's
             try:
                 recipe = read_recipe(path)
             except EngineError:
@@ -138,7 +138,6 @@ class HistoryStrip(QListWidget):
             self._remove(self.count() - 1)
 
     def _insert(self, entry: HistoryEntry) -> None:
-        entry = replace(entry, frame=entry.frame.convertToFormat(FRAME_FORMAT))  # comparable
         thumbnail = entry.frame.scaled(THUMBNAIL_PX, THUMBNAIL_PX,
                                        Qt.AspectRatioMode.KeepAspectRatio,
                                        Qt.TransformationMode.SmoothTransformation)

@@ -122,11 +122,11 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.pipeline.generator import resized
+
     base = base_request(args)
     prompts = read_prompts(args.prompts) if args.prompts else [base.prompt]
     generator = load_cli_generator(args)
-    from engine.pipeline.generator import resized
-
     size = generator.backend.image_size  # the generator resizes images to it anyway, so the
     base = replace(  # recipes store them at that size (exact, and small)
         base, init_image=None if base.init_image is None else resized(base.init_image, size),

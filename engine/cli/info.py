@@ -44,13 +44,11 @@ def describe(parts, device: str) -> dict:
 
 def recipe_summary(recipe) -> dict:
     """A recipe's fields, its conditioning images as their sizes (not their pixels)."""
-    fields = {name: getattr(recipe, name) for name in
-              ("prompt", "seed", "steps", "mode", "strength", "teacher_steps", "guidance",
-               "model", "backend")}
+    summary = dict(vars(recipe))
     for name in ("sketch", "init_image"):
-        image = getattr(recipe, name)
-        fields[name] = None if image is None else f"{image.shape[1]}x{image.shape[0]} RGB"
-    return fields
+        image = summary[name]
+        summary[name] = None if image is None else f"{image.shape[1]}x{image.shape[0]} RGB"
+    return summary
 
 
 def show_recipe(path, as_json: bool) -> int:

@@ -8,8 +8,6 @@ from pathlib import Path
 from engine.api import EngineError
 from engine.cli.training_run import add_run_arguments, prepare_run
 
-DISCRIMINATOR_LR = 2e-4
-
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -68,7 +66,10 @@ def run(args) -> int:
                                                         args.decoder_channels)):
         if value is not None and value < 1:
             raise EngineError(f"{flag} must be positive, not {value}.")
-    args.discriminator_lr = args.discriminator_lr or DISCRIMINATOR_LR
+    if args.discriminator_lr is None:
+        from engine.embedded.decoder_gan import DISCRIMINATOR_LR
+
+        args.discriminator_lr = DISCRIMINATOR_LR
     if (args.adversarial_weight or 0) < 0 or args.discriminator_lr <= 0:
         raise EngineError("--adversarial-weight must be zero or positive and "
                           "--discriminator-lr positive.")

@@ -20,6 +20,7 @@ from engine.embedded import checkpoint as ckpt
 from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.dataset import EmojiDataset
 from engine.embedded.decoder_gan import (
+    DISCRIMINATOR_LR,
     PatchDiscriminator,
     discriminator_hinge_loss,
     generator_hinge_loss,
@@ -152,7 +153,7 @@ class AutoencoderTrainer:
                  total_steps: int = 10000, batch: int = 32, crop: int = 64,
                  sketch_fraction: float = 0.2, seed: int = 0, device: str = "cpu",
                  decoder_channels: int | None = None, frozen_encoder: Path | None = None,
-                 adversarial_weight: float = 0.0, discriminator_lr: float = 2e-4):
+                 adversarial_weight: float = 0.0, discriminator_lr: float = DISCRIMINATOR_LR):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.fixed_scale = None

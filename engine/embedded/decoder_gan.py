@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DISCRIMINATOR_LR = 2e-4  # AdamW, betas (0.5, 0.999)
+
 
 class PatchDiscriminator(nn.Module):
     """Strided convolutions to a grid of real/fake logits (one per ~16 px receptive field)."""
