@@ -1,8 +1,9 @@
 """SD-1.5-shaped one-step frames/s at 512 px, batch 1 (random weights): torch and onnxruntime.
 
 Variants: eager fp16 + SDPA + channels_last; one CUDA graph over UNet -> decode with the text
-encoder eager, or over text encoder -> UNet -> decode; torch.compile (reduce-overhead or
-max-autotune); onnxruntime CUDA and TensorRT providers. --arch tiny-sd runs the same setup on
+encoder eager, or over text encoder -> UNet -> decode; the same graphs over parts compiled by
+torch.compile (inductor's default or max-autotune kernels); onnxruntime CUDA and TensorRT
+providers. --arch tiny-sd runs the same setup on
 the 32-px tiny pipeline (CPU-testable).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,8 +23,11 @@ from engine.api import EngineError, GenerateRequest
 from engine.bench.timing import machine_info, median_ms, peak_rss_mb
 
 ARCHES = ("sd15", "tiny-sd")
-COMPILE_MODES = ("none", "reduce-overhead", "max-autotune")
+# --compile choice -> torch.compile mode; the bench captures its own CUDA graph around the
+# compiled parts, so inductor's cudagraphs stay off.
+COMPILE_MODES = {"none": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 PROMPT = "a photograph of an astronaut riding a horse"
+log = logging.getLogger(__name__)
 
 
 def build_sd15_folder(folder: Path) -> Path:
@@ -131,14 +136,18 @@ def captured(frame: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return replay
 
 
-def graph_variants(backend, repeats: int) -> list[dict]:
+def bench_noise(backend) -> torch.Tensor:
+    size, channels = backend.latent_size, backend.latent_channels
+    return torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def graph_variants(backend, repeats: int, prefix: str = "") -> list[dict]:
     """Frames replayed from CUDA graphs: a new prompt with the text encoder run eagerly, a
     new prompt with it inside the graph, and a brush stroke (the prompt unchanged)."""
-    size, channels = backend.latent_size, backend.latent_channels
-    x_t = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    x_t = bench_noise(backend)
     results = []
     for text_inside in (False, True):
-        name = "torch CUDA graph" + (", text inside" if text_inside else "")
+        name = prefix + "CUDA graph" + (", text inside" if text_inside else "")
         try:
             frame, set_prompt = static_frame(backend, PROMPT, x_t, text_inside)
             replay = captured(frame)
@@ -152,7 +161,7 @@ def graph_variants(backend, repeats: int) -> list[dict]:
                 if text_inside else "text eager; UNet + decode in one graph"
             results.append(variant(name, new_prompt, repeats, where))
             if not text_inside:
-                results.append(variant("torch CUDA graph, same prompt", replay, repeats,
+                results.append(variant(prefix + "CUDA graph, same prompt", replay, repeats,
                                        "a brush stroke: text states kept; the graph alone"))
         except Exception as error:  # noqa: BLE001 - report, keep measuring the others
             results.append(failed(name, error))
@@ -160,19 +169,25 @@ def graph_variants(backend, repeats: int) -> list[dict]:
 
 
 def compile_parts(backend, mode: str) -> float:
-    """torch.compile the text model, UNet and decoder in place; returns the compile seconds."""
+    """torch.compile the text model, UNet and decoder in place and compile them by running the
+    bench's frames once (text eager and text inside); returns the seconds that took."""
     parts = backend.parts
-    parts.unet.forward = torch.compile(parts.unet.forward, mode=mode, fullgraph=False)
+    parts.unet.forward = torch.compile(parts.unet.forward, mode=mode)
     parts.vae.decoder.forward = torch.compile(parts.vae.decoder.forward, mode=mode)
     parts.text_encoder.model.forward = torch.compile(parts.text_encoder.model.forward, mode=mode)
     start = time.perf_counter()
-    backend.warm_up()
-    backend.warm_up()
+    with torch.inference_mode():
+        for text_inside in (False, True):
+            frame, _ = static_frame(backend, PROMPT, bench_noise(backend), text_inside)
+            frame()
+    if backend.device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def variant(name: str, function: Callable[[], object], repeats: int, note: str = "") -> dict:
     frame_ms = median_ms(function, repeats, warm_up=3)
+    log.info("%s: %.2f ms, %.1f frames/s (%s)", name, frame_ms, 1e3 / frame_ms, note)
     return {"variant": name, "frame_ms": frame_ms, "fps": 1e3 / frame_ms, "note": note}
 
 
@@ -192,14 +207,17 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
     precision = "fp16, SDPA, channels_last" if device.startswith("cuda") else "fp32"
     results = [variant("torch eager", generate, repeats, precision)]
     if device.startswith("cuda"):
-        results += graph_variants(backend, repeats)
-        if compile_mode != "none":
+        results += graph_variants(backend, repeats, "torch ")
+        if COMPILE_MODES[compile_mode]:
+            name = f"torch.compile {compile_mode}"
             try:
-                seconds = compile_parts(backend, compile_mode)
-                results.append(variant(f"torch.compile {compile_mode}", generate, repeats,
-                                       f"compile + warm-up {seconds:.0f} s"))
+                seconds = compile_parts(backend, COMPILE_MODES[compile_mode])
+                compiled = graph_variants(backend, repeats, name + " + ")
+                for result in compiled:
+                    result["note"] += f" (compiled in {seconds:.0f} s)"
+                results += compiled
             except Exception as error:  # noqa: BLE001
-                results.append(failed(f"torch.compile {compile_mode}", error))
+                results.append(failed(name, error))
     generator = backend = None  # free the weights before the next variant
     release()
     return results
@@ -240,6 +258,7 @@ def onnx_variants(folder: Path, device: str, repeats: int) -> list[dict]:
 
 def failed(name: str, error: Exception) -> dict:
     message = str(error).splitlines()[0][:160] if str(error) else ""
+    log.info("%s failed: %s: %s", name, type(error).__name__, message)
     return {"variant": name, "frame_ms": 0.0, "fps": 0.0,
             "note": f"failed: {type(error).__name__}: {message}"}
 
@@ -251,11 +270,14 @@ def release() -> None:
 
 
 def bench_arch(arch: str, device: str = "auto", repeats: int = 20, force: bool = False,
-               compile_mode: str = "reduce-overhead", backends: tuple[str, ...] = ("torch", "onnx"),
+               compile_mode: str = "default", backends: tuple[str, ...] = ("torch", "onnx"),
                work_dir: str | None = None) -> dict:
     """Build the random-weight arch in a temporary folder and measure every variant."""
     if arch not in ARCHES:
         raise EngineError(f"Unknown --arch {arch!r}; choose one of {', '.join(ARCHES)}.")
+    if compile_mode not in COMPILE_MODES:
+        raise EngineError(f"Unknown --compile {compile_mode!r}; choose one of "
+                          f"{', '.join(COMPILE_MODES)}.")
     device = resolve_device(arch, device, force)
     with tempfile.TemporaryDirectory(prefix="dmd-bench-", dir=work_dir) as tmp:
         folder = build_arch_folder(arch, Path(tmp) / arch)

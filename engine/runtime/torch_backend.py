@@ -41,6 +41,7 @@ class TorchBackend:
         self.student_config = parts.student_config
         self.model_dir = parts.model_dir
         if device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # live shapes repeat: time cuDNN's kernels once
             parts.unet.to(memory_format=torch.channels_last)
             parts.vae.to(memory_format=torch.channels_last)
 

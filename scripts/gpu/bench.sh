@@ -9,8 +9,11 @@ STAGE=${STAGE:-/tmp/dmd}
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-mkdir -p "$STAGE" && rm -rf "$STAGE/pack" && cp -r .gpu/pack "$STAGE/pack" || exit 1
+if [ -d .gpu/pack ]; then  # staged for refine.sh; the bench itself does not need it
+    mkdir -p "$STAGE" && rm -rf "$STAGE/pack" && cp -r .gpu/pack "$STAGE/pack" || exit 1
+fi
 nvidia-smi -L 2>/dev/null || true
+COMPILE=${COMPILE:-none}
 timeout "${BENCH_SECONDS:-120}" $PY -m engine bench --arch sd15 --device cuda \
-    --compile "${COMPILE:-none}" --json > "$OUT/bench-sd15.json" 2> "$OUT/bench-sd15.log"
-echo "bench exit $?"; cat "$OUT/bench-sd15.json"
+    --compile "$COMPILE" --json > "$OUT/bench-sd15-$COMPILE.json" 2> "$OUT/bench-sd15-$COMPILE.log"
+echo "bench exit $?"; cat "$OUT/bench-sd15-$COMPILE.json"; tail -5 "$OUT/bench-sd15-$COMPILE.log"
