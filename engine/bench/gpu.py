@@ -195,18 +195,28 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
     from engine.pipeline.generator import Generator
     from engine.runtime.torch_backend import TorchBackend
 
-    backend = TorchBackend.load(str(folder), device)
-    backend.warm_up()
-    generator = Generator(backend)
+    backend = TorchBackend.load(str(folder), device, cuda_graphs=False)
     request = GenerateRequest(PROMPT, steps=1)
 
-    def generate() -> None:
+    def generate(generator: Generator) -> None:
         generator.clear_caches()
         generator.generate(request)
 
+    backend.warm_up()
+    eager = Generator(backend)
     precision = "fp16, SDPA, channels_last" if device.startswith("cuda") else "fp32"
-    results = [variant("torch eager", generate, repeats, precision)]
+    results = [variant("torch eager", lambda: generate(eager), repeats, precision)]
     if device.startswith("cuda"):
+        try:  # the same weights with CUDA graphs per stage, as the live path runs them
+            staged = TorchBackend(backend.parts, device)
+            staged.warm_up()
+            live = Generator(staged)
+            results.append(variant("torch live path", lambda: generate(live), repeats,
+                                   "the generator, each stage replayed from a CUDA graph"
+                                   if staged.cuda_graphs else "the generator; CUDA graphs off"))
+        except Exception as error:  # noqa: BLE001
+            results.append(failed("torch live path", error))
+        staged = live = None
         results += graph_variants(backend, repeats, "torch ")
         if COMPILE_MODES[compile_mode]:
             name = f"torch.compile {compile_mode}"
@@ -218,7 +228,7 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
                 results += compiled
             except Exception as error:  # noqa: BLE001
                 results.append(failed(name, error))
-    generator = backend = None  # free the weights before the next variant
+    eager = backend = None  # free the weights before the next variant
     release()
     return results
 

@@ -1,4 +1,5 @@
-"""PyTorch backend: CPU fp32, or CUDA with fp16 weights, channels_last and SDPA attention."""
+"""PyTorch backend: CPU fp32, or CUDA with fp16 weights, channels_last, SDPA attention and each
+stage replayed from CUDA graphs (engine/runtime/cuda_graphs.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 
 from engine.api import EngineError
 from engine.pipeline.loading import PipelineParts, encode_latents, load_pipeline
-from engine.pipeline.text import TextEmbedding
+from engine.pipeline.text import TextEmbedding, encode_tokens
+from engine.runtime.cuda_graphs import GraphedCall, graphs_wanted, new_memory_pool
 
 TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -29,7 +31,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, parts: PipelineParts, device: str):
+    def __init__(self, parts: PipelineParts, device: str, cuda_graphs: bool = True):
         self.parts = parts
         self.device = device
         self.dtype = next(parts.unet.parameters()).dtype
@@ -44,16 +46,33 @@ class TorchBackend:
             torch.backends.cudnn.benchmark = True  # live shapes repeat: time cuDNN's kernels once
             parts.unet.to(memory_format=torch.channels_last)
             parts.vae.to(memory_format=torch.channels_last)
+        self.cuda_graphs = cuda_graphs and graphs_wanted(device)
+        self._unet_call, self._decode_call = self._unet_forward, self._decode_forward
+        self._clip_text_call = None  # CLIP has no attention mask, so its graph never branches
+        if self.cuda_graphs:
+            pool = new_memory_pool()
+            self._unet_call = GraphedCall(self._unet_forward, "the UNet", pool)
+            self._decode_call = GraphedCall(self._decode_forward, "the decoder", pool)
+            if parts.text_encoder.is_clip:
+                self._clip_text_call = GraphedCall(self._clip_text_forward, "the text encoder",
+                                                   pool)
 
     @classmethod
-    def load(cls, model: str, device: str = "auto") -> TorchBackend:
+    def load(cls, model: str, device: str = "auto", cuda_graphs: bool = True) -> TorchBackend:
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        return cls(load_pipeline(model, device=device, dtype=dtype), device)
+        return cls(load_pipeline(model, device=device, dtype=dtype), device, cuda_graphs)
 
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> TextEmbedding:
-        return self.parts.text_encoder.encode(prompts)
+        encoder = self.parts.text_encoder
+        if self._clip_text_call is None:
+            return encoder.encode(prompts)
+        token_ids = encoder.tokenize(prompts)["input_ids"].to(self.device)
+        return TextEmbedding(*self._clip_text_call(token_ids))
+
+    def _clip_text_forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_tokens(self.parts.text_encoder.model, True, token_ids, None)
 
     @torch.inference_mode()
     def unet(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
@@ -64,13 +83,14 @@ class TorchBackend:
                 conditioning = torch.zeros(x_in.shape[0], self.conditioning_channels,
                                            *x_in.shape[2:])
             x_in = torch.cat([x_in, conditioning.to(x_in)], dim=1)
-        class_labels = text.pooled.to(self.device, self.dtype) if self.parts.uses_pooled_text \
-            else None
-        return self.parts.unet(
-            x_in, t.to(self.device),
-            encoder_hidden_states=text.token_states.to(self.device, self.dtype),
-            class_labels=class_labels,
-        ).sample
+        pooled = (text.pooled.to(self.device, self.dtype),) if self.parts.uses_pooled_text else ()
+        return self._unet_call(x_in, t.to(self.device),
+                               text.token_states.to(self.device, self.dtype), *pooled)
+
+    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, token_states: torch.Tensor,
+                      *pooled: torch.Tensor) -> torch.Tensor:
+        return self.parts.unet(x_in, t, encoder_hidden_states=token_states,
+                               class_labels=pooled[0] if pooled else None).sample
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,8 +99,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        scaled = latents.to(self.device, self.dtype) / self.parts.latent_scale
-        return self.parts.vae.decode(scaled).sample.clamp(-1, 1)
+        return self._decode_call(latents.to(self.device, self.dtype))
+
+    def _decode_forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.parts.vae.decode(latents / self.parts.latent_scale).sample.clamp(-1, 1)
 
     def warm_up(self) -> None:
         text = self.encode_text(["warm up"])
