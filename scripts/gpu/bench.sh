@@ -13,6 +13,9 @@ if [ -d .gpu/pack ]; then  # staged for refine.sh; the bench itself does not nee
     mkdir -p "$STAGE" && rm -rf "$STAGE/pack" && cp -r .gpu/pack "$STAGE/pack" || exit 1
 fi
 nvidia-smi -L 2>/dev/null || true
+# the tests that need CUDA (skipped on the CPU machine): real CUDA graphs against eager frames
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/engine/test_cuda_graphs.py \
+    > "$OUT/cuda-tests.log" 2>&1; echo "cuda tests exit $?"; tail -3 "$OUT/cuda-tests.log"
 COMPILE=${COMPILE:-none}
 timeout "${BENCH_SECONDS:-120}" $PY -m engine bench --arch sd15 --device cuda \
     --compile "$COMPILE" --json > "$OUT/bench-sd15-$COMPILE.json" 2> "$OUT/bench-sd15-$COMPILE.log"
