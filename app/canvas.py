@@ -22,6 +22,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from app.edit_mask import painted_area
+
 SKETCH_SIZE = 256  # sketch layer pixels (square); the engine resizes to the model's size
 STROKE_THROTTLE_MS = 120  # at most one sketch_changed per this many ms during a stroke
 BACKGROUND = QColor("#2b2b2b")
@@ -133,6 +135,7 @@ class Canvas(QWidget):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         self.frame: QImage | None = None  # newest generated frame
         self.base_image: QImage | None = None  # opened image to edit (SKETCH_SIZE square)
+        self.restored_mask: np.ndarray | None = None  # a restored recipe's edit mask (HxW)
         self.sketch = self.blank_sketch()
         self.undo_stack = QUndoStack(self)
         self.brush_colour = QColor("#000000")
@@ -161,6 +164,7 @@ class Canvas(QWidget):
 
     def set_base_image(self, image: QImage | None) -> None:
         self.base_image = None if image is None else square_crop(image)
+        self.restored_mask = None
         self.update()
 
     def restore_sketch(self, image: QImage) -> None:
@@ -188,6 +192,15 @@ class Canvas(QWidget):
     def edit_source(self) -> np.ndarray:
         """The opened image (or white) with the sketch painted over it (request.init_image)."""
         return qimage_to_array(self._composite(QColor("white"), self.base_image))
+
+    def edit_mask(self) -> np.ndarray:
+        """Where a "painted area only" edit redraws (HxW uint8, 255 redraws): the strokes,
+        grown by a margin, and the restored recipe's mask."""
+        alpha = self.sketch.convertToFormat(QImage.Format.Format_Alpha8)
+        stride = alpha.bytesPerLine()
+        buffer = np.frombuffer(alpha.constBits(), np.uint8, count=stride * SKETCH_SIZE)
+        strokes = buffer.reshape(SKETCH_SIZE, stride)[:, :SKETCH_SIZE]
+        return painted_area(strokes, self.restored_mask)
 
     def _composite(self, background: QColor, base: QImage | None) -> QImage:
         image = QImage(SKETCH_SIZE, SKETCH_SIZE, QImage.Format.Format_RGB32)

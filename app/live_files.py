@@ -104,7 +104,7 @@ class LiveFilesMixin:
         """Set the prompt, seed, steps, mode, strength and sketch (undoably) or edited image
         back to a recipe's, then draw one frame. A text recipe leaves the sketch alone."""
         inputs = (self.prompt_edit, self.seed_spin, self.steps_combo, self.mode_combo,
-                  self.strength_slider, self.canvas)
+                  self.strength_slider, self.masked_box, self.canvas)
         for widget in inputs:
             widget.blockSignals(True)
         try:
@@ -123,6 +123,9 @@ class LiveFilesMixin:
             elif recipe.mode == "edit" and recipe.init_image is not None:
                 self.canvas.set_base_image(array_to_qimage(recipe.init_image))
                 self.canvas.replace_sketch(self.canvas.blank_sketch(), "Restore")
+                self.canvas.restored_mask = recipe.mask
+                self.masked_box.setChecked(recipe.mask is not None)
+                self.settings.masked_edit = recipe.mask is not None
         finally:
             for widget in inputs:
                 widget.blockSignals(False)

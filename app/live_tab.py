@@ -100,6 +100,11 @@ class LiveTab(LiveFilesMixin, QWidget):
                                         "In sketch mode it applies to models without sketch "
                                         "conditioning, which edit the sketch instead.")
         self.strength_label = QLabel("0.60")
+        self.masked_box = QCheckBox("Painted area only")
+        self.masked_box.setToolTip("Image edit: redraw only where you painted over the image "
+                                   "(and a margin around it); keep the rest of it exactly. At "
+                                   "strength 1 the painted area is redrawn from the prompt alone.")
+        self.masked_box.setChecked(self.settings.masked_edit)
         self.steps_combo = QComboBox()
         for steps in (1, 2, 4):
             self.steps_combo.addItem(f"{steps} step{'s' if steps > 1 else ''}", steps)
@@ -223,7 +228,8 @@ class LiveTab(LiveFilesMixin, QWidget):
     def _build_layout(self) -> None:
         options = QHBoxLayout()
         for widget in (QLabel("Mode"), self.mode_combo, QLabel("Strength"), self.strength_slider,
-                       self.strength_label, self.steps_combo, self.preview_combo,
+                       self.strength_label, self.masked_box, self.steps_combo,
+                       self.preview_combo,
                        QLabel("Seed"), self.seed_spin,
                        self.seed_lock, self.randomise_button, self.variations_button):
             options.addWidget(widget)
@@ -265,6 +271,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.mode_combo.currentIndexChanged.connect(self.submit_current)
         self.strength_slider.valueChanged.connect(self._on_strength_changed)
+        self.masked_box.toggled.connect(self._on_masked_toggled)
         self.steps_combo.currentIndexChanged.connect(self.submit_current)
         self.steps_combo.currentIndexChanged.connect(self._on_steps_changed)
         self.preview_combo.currentIndexChanged.connect(self.submit_current)
@@ -319,6 +326,8 @@ class LiveTab(LiveFilesMixin, QWidget):
             preview_above_ms=DIRECT_FRAME_MS if preview == "auto" else 0.0,
             sketch=self.canvas.sketch_on_white() if mode == "sketch" else None,
             init_image=self.canvas.edit_source() if mode == "edit" else None,
+            mask=self.canvas.edit_mask() if mode == "edit" and self.masked_box.isChecked()
+            else None,
             strength=self.strength_slider.value() / 100 if mode != "text" else 1.0,
         )
 
@@ -425,6 +434,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         uses_strength = self.mode != "text"
         self.strength_slider.setEnabled(uses_strength)
         self.strength_label.setEnabled(uses_strength)
+        self.masked_box.setEnabled(self.mode == "edit")
 
     def _on_steps_changed(self) -> None:
         self.preview_combo.setEnabled(int(self.steps_combo.currentData()) > 1)
@@ -432,6 +442,11 @@ class LiveTab(LiveFilesMixin, QWidget):
     def _on_strength_changed(self, value: int) -> None:
         self.strength_label.setText(f"{value / 100:.2f}")
         if self.mode != "text":
+            self.submit_current()
+
+    def _on_masked_toggled(self, masked: bool) -> None:
+        self.settings.masked_edit = masked
+        if self.mode == "edit":
             self.submit_current()
 
     def _on_sketch_changed(self) -> None:

@@ -44,6 +44,7 @@ class GenerateRequest:
     init_image: np.ndarray | None = None  # HxWx3 uint8, image to edit (img2img)
     strength: float = 1.0  # img2img: 0 keeps the init image, 1 ignores it
     sketch: np.ndarray | None = None  # HxWx3 uint8 line drawing on white
+    mask: np.ndarray | None = None  # HxW uint8, with an image to edit: white redraws, black keeps
     teacher_steps: int = 0  # 0: student; N > 0: N-step DDIM teacher with CFG
     guidance: float = 4.0  # CFG scale for the teacher sampler
     preview_steps: int = 0  # live only: 0 off; N < steps: an N-step frame first, then steps
@@ -55,7 +56,7 @@ class GenerateRequest:
         preview asked, a teacher request, or an image edit (its steps follow the strength).
         sketch_edits: the model has no sketch channels, so a sketch is edited like an image."""
         edited = self.init_image is not None or (sketch_edits and self.sketch is not None)
-        edits = edited and self.strength < 1.0
+        edits = edited and (self.strength < 1.0 or self.mask is not None)
         if self.teacher_steps or edits or not 0 < self.preview_steps < self.steps:
             return None
         return replace(self, steps=self.preview_steps, preview_steps=0)

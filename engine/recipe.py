@@ -32,9 +32,9 @@ def encode_png(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_png(text: str) -> np.ndarray:
+def decode_png(text: str, mode: str = "RGB") -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
-        return np.asarray(image.convert("RGB")).copy()
+        return np.asarray(image.convert(mode)).copy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +52,7 @@ class Recipe:
     backend: str = ""
     sketch: np.ndarray | None = None  # the request's sketch on white, HxWx3 uint8
     init_image: np.ndarray | None = None  # the image it edited, HxWx3 uint8
+    mask: np.ndarray | None = None  # where the edit redrew (white) and kept (black), HxW uint8
 
     @classmethod
     def from_request(cls, request: GenerateRequest, model: str = "",
@@ -61,13 +62,13 @@ class Recipe:
         return cls(prompt=request.prompt, seed=request.seed, steps=request.steps, mode=mode,
                    strength=request.strength, teacher_steps=request.teacher_steps,
                    guidance=request.guidance, model=model, backend=backend,
-                   sketch=request.sketch, init_image=request.init_image)
+                   sketch=request.sketch, init_image=request.init_image, mask=request.mask)
 
     def request(self) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, seed=self.seed, steps=self.steps,
                                strength=self.strength, teacher_steps=self.teacher_steps,
                                guidance=self.guidance, sketch=self.sketch,
-                               init_image=self.init_image)
+                               init_image=self.init_image, mask=self.mask)
 
     def describe(self) -> str:
         """One line: '"red apple", seed 7, 2 steps' (and the mode, sampler and model)."""
@@ -75,14 +76,15 @@ class Recipe:
                    if self.teacher_steps else f"{self.steps} step{'s' * (self.steps > 1)}")
         parts = [json.dumps(self.prompt, ensure_ascii=False), f"seed {self.seed}", sampler]
         if self.mode != "text":
-            parts.append(self.mode if self.mode == "sketch" else f"edit {self.strength:.2f}")
+            parts.append(self.mode if self.mode == "sketch" else f"edit {self.strength:.2f}"
+                         + ", masked" * (self.mask is not None))
         if self.model:
             parts.append(f"made with {self.model}")
         return ", ".join(parts)
 
     def to_text(self) -> str:
         values = asdict(self)
-        for name in ("sketch", "init_image"):
+        for name in IMAGE_MODES:
             values[name] = None if values[name] is None else encode_png(values[name])
         return json.dumps({"version": RECIPE_VERSION, **values}, ensure_ascii=False)
 
@@ -97,9 +99,9 @@ class Recipe:
                 raise ValueError("no prompt or an unknown mode")
             typed = {name: convert(values[name]) for name, convert in FIELD_TYPES.items()
                      if values.get(name) is not None}
-            for name in ("sketch", "init_image"):
+            for name, mode in IMAGE_MODES.items():
                 if values.get(name) is not None:
-                    typed[name] = decode_png(values[name])
+                    typed[name] = decode_png(values[name], mode)
             recipe = cls(**typed)
             if not (0.0 <= recipe.strength <= 1.0 and math.isfinite(recipe.guidance)
                     and recipe.steps >= 1 and recipe.teacher_steps >= 0):
@@ -110,6 +112,7 @@ class Recipe:
             raise EngineError(f"The image's DMD Studio recipe is damaged ({error}).") from error
 
 
+IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L"}  # stored as PNGs
 FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength": float,
                "teacher_steps": int, "guidance": float, "model": str, "backend": str}
 

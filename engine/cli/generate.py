@@ -47,17 +47,21 @@ def add_parser(subparsers) -> None:
                         help="img2img strength in [0, 1]: 0 keeps --init, 1 ignores it "
                              "(default 0.6, or the --recipe's when it edited an image too)")
     parser.add_argument("--sketch", type=Path, help="a line sketch that conditions the image")
+    parser.add_argument("--mask", type=Path,
+                        help="with --init (or an edit --recipe): redraw only where this image is "
+                             "white, keep the image where it is black (grey: in between); "
+                             "--strength 1 redraws that area from the prompt alone")
     parser.add_argument("--out", type=Path, required=True,
                         help="output PNG (single prompt) or folder (with --prompts)")
     parser.set_defaults(run=run)
 
 
-def read_image(path: Path | None, what: str) -> np.ndarray | None:
+def read_image(path: Path | None, what: str, mode: str = "RGB") -> np.ndarray | None:
     if path is None:
         return None
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert(mode))
     except FileNotFoundError as error:
         raise EngineError(f"The {what} {path} does not exist.") from error
     except (UnidentifiedImageError, OSError) as error:
@@ -108,16 +112,19 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     base = recipe.request() if recipe else GenerateRequest(prompt=args.prompt or "")
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
+    mask = read_image(args.mask, "mask", "L")
     strength = args.strength
     new_image = init_image is not None or sketch is not None
     if strength is None and new_image and base.init_image is None and base.sketch is None:
         strength = DEFAULT_STRENGTH  # an image to edit where there was none
     chosen = {"seed": args.seed, "steps": args.steps, "strength": strength,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance,
-              "init_image": init_image, "sketch": sketch}
+              "init_image": init_image, "sketch": sketch, "mask": mask}
     request = replace(base, **{name: value for name, value in chosen.items() if value is not None})
     if request.init_image is None and request.sketch is None:
         request = replace(request, strength=1.0)  # the strength only edits images
+    if request.mask is not None and request.init_image is None:
+        raise EngineError("--mask needs an image to edit: give --init (or an edit --recipe).")
     return request
 
 
@@ -130,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     size = generator.backend.image_size  # the generator resizes images to it anyway, so the
     base = replace(  # recipes store them at that size (exact, and small)
         base, init_image=None if base.init_image is None else resized(base.init_image, size),
-        sketch=None if base.sketch is None else resized(base.sketch, size))
+        sketch=None if base.sketch is None else resized(base.sketch, size),
+        mask=None if base.mask is None else resized(base.mask, size))
     if args.steps is None and not args.recipe:
         base = replace(base, steps=generator.default_steps)
     model = args.model or "embedded student"

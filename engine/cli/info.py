@@ -44,10 +44,12 @@ def describe(parts, device: str) -> dict:
 
 def recipe_summary(recipe) -> dict:
     """A recipe's fields, its conditioning images as their sizes (not their pixels)."""
+    from engine.recipe import IMAGE_MODES
+
     summary = dict(vars(recipe))
-    for name in ("sketch", "init_image"):
+    for name, mode in IMAGE_MODES.items():
         image = summary[name]
-        summary[name] = None if image is None else f"{image.shape[1]}x{image.shape[0]} RGB"
+        summary[name] = None if image is None else f"{image.shape[1]}x{image.shape[0]} {mode}"
     return summary
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
 from engine.pipeline.loading import read_prompt_suggestions
+from engine.pipeline.masking import composite, keep_outside, mask_weights
 from engine.pipeline.sampling import (
     ddim_sample,
     edit_start,
@@ -72,7 +73,7 @@ def to_rgb_array(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def resized(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 HxWx3 at size x size (Lanczos; the same array when it already is)."""
+    """uint8 HxWx3 (or HxW) at size x size (Lanczos; the same array when it already is)."""
     if image.shape[:2] == (size, size):
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
@@ -255,17 +256,24 @@ class Generator:
                 conditioning, sketch_key = self.encode_image(request.sketch, "sketch")
             elif init_image is None:
                 init_image = request.sketch  # no sketch channels: edit the sketch (img2img)
-        init_latent = None
-        if init_image is not None and strength < 1.0:
+        init_latent = keep_weights = None
+        if request.mask is not None:
+            if init_image is None:
+                raise InvalidRequestError("A mask needs an image to edit (an init image).")
+            keep_weights = mask_weights(request.mask)
+        if init_image is not None and (strength < 1.0 or keep_weights is not None):
             init_latent, _ = self.encode_image(init_image, "init image")
         sync()
         encode_done = time.perf_counter()
 
         latents = self.sample_latents(request, text, uncond, (conditioning, sketch_key),
-                                      init_latent, strength, interrupt)
+                                      init_latent, strength, interrupt, keep_weights)
         sync()
         unet_done = time.perf_counter()
         image = tensor_to_image(backend.decode(latents))
+        if keep_weights is not None:  # the kept region: the image's own pixels
+            kept = resized(to_rgb_array(init_image, "init image"), image.shape[0])
+            image = composite(image, kept, keep_weights)
         end = time.perf_counter()
         timings = StageTimings(
             text_ms=(text_done - start) * 1e3,
@@ -277,8 +285,9 @@ class Generator:
         return image, timings
 
     def sample_latents(self, request, text, uncond, sketch, init_latent, strength,
-                       interrupt=None):
-        """sketch: (conditioning latent or None, its content key or None)."""
+                       interrupt=None, keep_weights=None):
+        """sketch: (conditioning latent or None, its content key or None); keep_weights (HxW,
+        1 redraws, 0 keeps init_latent) make it a masked edit."""
         backend = self.backend
         conditioning, sketch_key = sketch
         noise = self.noise_source(request.seed)
@@ -289,6 +298,8 @@ class Generator:
             timesteps = ddim_timesteps(int(request.teacher_steps), top)
             x0_fn = interruptible(self.x0_function(text, conditioning, uncond,
                                                    float(request.guidance)), interrupt)
+            if keep_weights is not None:
+                x0_fn = keep_outside(x0_fn, init_latent, keep_weights)
             if init_latent is not None:
                 timesteps = timesteps[teacher_start(len(timesteps), strength):]
                 if not timesteps:
@@ -297,6 +308,8 @@ class Generator:
                                                   torch.tensor([timesteps[0]]))
             return ddim_sample(x0_fn, x_start, timesteps, self.schedule)
         x0_fn = interruptible(self.x0_function(text, conditioning), interrupt)
+        if keep_weights is not None:
+            x0_fn = keep_outside(x0_fn, init_latent, keep_weights)
         timesteps = self.timesteps_for(int(request.steps))
         if init_latent is not None:
             timesteps = edit_start(self.edit_timesteps, strength, top)

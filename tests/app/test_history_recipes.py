@@ -365,3 +365,50 @@ def test_ctrl_s_and_ctrl_o_open_the_save_and_open_dialogs(qtbot, make_window, mo
     qtbot.keyClick(tab.canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ControlModifier)
     assert [kind for kind, _ in asked] == ["save", "open"]
     assert asked[0][1] == "PNG (*.png)"
+
+
+def test_painted_area_grows_the_strokes_and_keeps_a_restored_mask():
+    from app.edit_mask import painted_area
+
+    alpha = np.zeros((256, 256), np.uint8)
+    alpha[10, 10] = 40  # one faint pixel of ink
+    mask = painted_area(alpha)
+    assert mask[10, 10] == 255 and mask[10, 20] == 255 and mask[20, 10] == 255
+    assert mask[10, 60] == 0 and mask[200, 200] == 0
+    restored = np.zeros((128, 128), np.uint8)
+    restored[64:, 64:] = 255
+    both = painted_area(alpha, restored)
+    assert both[10, 10] == 255 and both[250, 250] == 255 and both[60, 200] == 0
+
+
+def test_a_painted_area_edit_sends_a_mask_and_its_recipe_restores_it(qtbot, make_window,
+                                                                     tmp_path):
+    window = make_window(FakeGenerator())
+    tab = window.live_tab
+    photo = QImage(64, 64, QImage.Format.Format_RGB32)
+    photo.fill(Qt.GlobalColor.darkBlue)
+    assert tab.edit_image(photo, "a photo")
+    assert tab.masked_box.isEnabled()
+    tab.masked_box.setChecked(True)
+    stroke(qtbot, tab.canvas, [(150, 150), (200, 180)])
+    wait_for_frame(qtbot, window, lambda request: request.mask is not None
+                   and request.mask.max() == 255)
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    saved = last_delivered_request(window)
+    painted = tab.canvas.sketch_on_white().min(axis=2) < 255
+    assert (saved.mask > 0).sum() > painted.sum() > 0  # the strokes and a margin
+    assert (saved.mask == 0).sum() > 0 and saved.init_image is not None
+    path = tmp_path / "masked.png"
+    assert tab.save("image", str(path))
+    assert read_recipe(path).mask is not None
+
+    tab.masked_box.setChecked(False)
+    tab.canvas.set_base_image(None)
+    tab.set_mode("text")
+    assert not tab.masked_box.isEnabled()
+    assert tab.restore_recipe_file(str(path))
+    wait_for_frame(qtbot, window, lambda request: request.mask is not None)
+    again = last_delivered_request(window)
+    assert tab.masked_box.isChecked() and tab.mode == "edit"
+    assert np.array_equal(again.mask, saved.mask)
+    assert np.array_equal(again.init_image, saved.init_image)
