@@ -174,6 +174,7 @@ class Canvas(QWidget):
         self.sketch_changed.emit()
 
     def clear_sketch(self) -> None:
+        self.restored_mask = None  # it was part of the painted area
         self.replace_sketch(self.blank_sketch(), "Clear sketch")
 
     def replace_sketch(self, layer: QImage, text: str) -> None:

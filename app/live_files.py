@@ -118,6 +118,7 @@ class LiveFilesMixin:
             self.strength_slider.setValue(round(recipe.strength * 100))
             self.strength_label.setText(f"{recipe.strength:.2f}")
             self.set_mode(recipe.mode)
+            self.canvas.restored_mask = None
             if recipe.mode == "sketch" and recipe.sketch is not None:
                 self.canvas.replace_sketch(sketch_layer_from_white(recipe.sketch), "Restore")
             elif recipe.mode == "edit" and recipe.init_image is not None:

@@ -42,7 +42,7 @@ class GenerateRequest:
     seed: int = 0
     steps: int = 1  # student steps: 1, 2 or 4 (timesteps from student.json or evenly spaced)
     init_image: np.ndarray | None = None  # HxWx3 uint8, image to edit (img2img)
-    strength: float = 1.0  # img2img: 0 keeps the init image, 1 ignores it
+    strength: float = 1.0  # img2img: 0 keeps the init image, 1 ignores it (inside the mask)
     sketch: np.ndarray | None = None  # HxWx3 uint8 line drawing on white
     mask: np.ndarray | None = None  # HxW uint8, with an image to edit: white redraws, black keeps
     teacher_steps: int = 0  # 0: student; N > 0: N-step DDIM teacher with CFG

@@ -116,21 +116,15 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
 
 
 def captured(frame: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """Capture frame() in one CUDA graph after three warm-up runs on a side stream; returns
-    a call that replays it and waits for the result."""
+    """Capture frame() in one CUDA graph as the torch backend does; returns a call that
+    replays it and waits for the result."""
+    from engine.runtime.cuda_graphs import capture_cuda_graph
+
     with torch.inference_mode():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                frame()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            frame()
+        replay_graph, _ = capture_cuda_graph(frame, (), None)
 
     def replay() -> None:
-        graph.replay()
+        replay_graph()
         torch.cuda.synchronize()
 
     return replay
@@ -166,6 +160,13 @@ def graph_variants(backend, repeats: int, prefix: str = "") -> list[dict]:
         except Exception as error:  # noqa: BLE001 - report, keep measuring the others
             results.append(failed(name, error))
     return results
+
+
+def graphed_stages(backend) -> str:
+    """Which of the backend's stages replay from CUDA graphs, after it has run them."""
+    calls = (backend._clip_text_call, backend._unet_call, backend._decode_call)
+    on = [call.name for call in calls if getattr(call, "enabled", False)]
+    return f"CUDA graphs for {', '.join(on)}" if on else "no CUDA graphs"
 
 
 def compile_parts(backend, mode: str) -> float:
@@ -212,8 +213,7 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
             staged.warm_up()
             live = Generator(staged)
             results.append(variant("torch live path", lambda: generate(live), repeats,
-                                   "the generator, each stage replayed from a CUDA graph"
-                                   if staged.cuda_graphs else "the generator; CUDA graphs off"))
+                                   "the generator; " + graphed_stages(staged)))
         except Exception as error:  # noqa: BLE001
             results.append(failed("torch live path", error))
         staged = live = None
@@ -224,7 +224,8 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
                 seconds = compile_parts(backend, COMPILE_MODES[compile_mode])
                 compiled = graph_variants(backend, repeats, name + " + ")
                 for result in compiled:
-                    result["note"] += f" (compiled in {seconds:.0f} s)"
+                    if result["fps"] > 0:
+                        result["note"] += f" (compiled in {seconds:.0f} s)"
                 results += compiled
             except Exception as error:  # noqa: BLE001
                 results.append(failed(name, error))

@@ -56,16 +56,27 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def read_image(path: Path | None, what: str, mode: str = "RGB") -> np.ndarray | None:
+def read_image(path: Path | None, what: str, convert: Callable | None = None) -> np.ndarray | None:
+    """The file as HxWx3 uint8 RGB (or what convert(image) makes of it); None for no path."""
     if path is None:
         return None
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert(mode))
+            return convert(image) if convert else np.asarray(image.convert("RGB"))
     except FileNotFoundError as error:
         raise EngineError(f"The {what} {path} does not exist.") from error
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise EngineError(f"The {what} {path} is not a readable image.") from error
+
+
+def mask_grey(image: Image.Image) -> np.ndarray:
+    """A mask image as HxW uint8 grey: 16- and 32-bit greys scaled to 8 bits; transparent
+    pixels count as black (kept), so white strokes on a clear layer redraw."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        return (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+    grey = np.asarray(image.convert("RGBA").convert("L"), dtype=np.float32)
+    return (grey * rgba[:, :, 3] / 255).round().astype(np.uint8)
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -112,7 +123,7 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     base = recipe.request() if recipe else GenerateRequest(prompt=args.prompt or "")
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
-    mask = read_image(args.mask, "mask", "L")
+    mask = read_image(args.mask, "mask", mask_grey)
     strength = args.strength
     new_image = init_image is not None or sketch is not None
     if strength is None and new_image and base.init_image is None and base.sketch is None:
@@ -123,7 +134,7 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     request = replace(base, **{name: value for name, value in chosen.items() if value is not None})
     if request.init_image is None and request.sketch is None:
         request = replace(request, strength=1.0)  # the strength only edits images
-    if request.mask is not None and request.init_image is None:
+    if request.mask is not None and request.init_image is None and request.sketch is None:
         raise EngineError("--mask needs an image to edit: give --init (or an edit --recipe).")
     return request
 

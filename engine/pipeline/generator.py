@@ -256,11 +256,14 @@ class Generator:
                 conditioning, sketch_key = self.encode_image(request.sketch, "sketch")
             elif init_image is None:
                 init_image = request.sketch  # no sketch channels: edit the sketch (img2img)
-        init_latent = keep_weights = None
+        init_latent = keep_weights = kept = None
         if request.mask is not None:
             if init_image is None:
                 raise InvalidRequestError("A mask needs an image to edit (an init image).")
             keep_weights = mask_weights(request.mask)
+            kept = resized(to_rgb_array(init_image, "init image"), backend.image_size)
+            if not keep_weights.any():  # an empty mask redraws nothing: the image itself
+                return kept.copy(), StageTimings(total_ms=(time.perf_counter() - start) * 1e3)
         if init_image is not None and (strength < 1.0 or keep_weights is not None):
             init_latent, _ = self.encode_image(init_image, "init image")
         sync()
@@ -271,8 +274,7 @@ class Generator:
         sync()
         unet_done = time.perf_counter()
         image = tensor_to_image(backend.decode(latents))
-        if keep_weights is not None:  # the kept region: the image's own pixels
-            kept = resized(to_rgb_array(init_image, "init image"), image.shape[0])
+        if kept is not None:  # the kept region: the image's own pixels
             image = composite(image, kept, keep_weights)
         end = time.perf_counter()
         timings = StageTimings(

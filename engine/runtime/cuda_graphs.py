@@ -9,6 +9,7 @@ the wrapper off for good, so a model the graphs do not suit still draws, eagerly
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -39,17 +40,24 @@ def graphs_wanted(device: str) -> bool:
 
 
 def capture_cuda_graph(function, static_inputs, pool):
-    """Two warm-up calls on a side stream (cuDNN picks its kernels there), then one capture."""
-    with torch.cuda.device(static_inputs[0].device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                function(*static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            outputs = function(*static_inputs)
+    """Two warm-up calls on a side stream (cuDNN picks its kernels there), then one capture.
+    A capture that fails leaves torch's capture stream current: the caller's is restored."""
+    device = torch.cuda.device(static_inputs[0].device) if static_inputs else \
+        contextlib.nullcontext()
+    with device:
+        caller_stream = torch.cuda.current_stream()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(caller_stream)
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    function(*static_inputs)
+            caller_stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                outputs = function(*static_inputs)
+        finally:
+            torch.cuda.set_stream(caller_stream)
     return graph.replay, outputs
 
 
@@ -102,7 +110,7 @@ class GraphedCall:
             gap, scale = largest_gap(outputs, expected)
         except Exception as error:  # noqa: BLE001 - any failure means: stay eager
             return self._give_up(f"capturing failed ({type(error).__name__}: {error})")
-        if gap > PARITY_TOLERANCE * max(1.0, scale):
+        if not gap <= PARITY_TOLERANCE * max(1.0, scale):  # NaN fails too
             return self._give_up(f"the graph's result differs from the eager one by {gap:.3g}")
         if len(self.graphs) >= MAX_GRAPHS:
             self.graphs.popitem(last=False)
@@ -112,7 +120,8 @@ class GraphedCall:
         return entry
 
     def _give_up(self, reason: str) -> None:
-        log.warning("CUDA graphs off for %s: %s; it runs eagerly.", self.name, reason)
+        log.warning("CUDA graphs off for %s: %s; it runs eagerly (if frames then misbehave, "
+                    "restart with %s=0).", self.name, reason, DISABLE_VARIABLE)
         self.enabled = False
         self.graphs.clear()
         return None

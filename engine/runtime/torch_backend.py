@@ -4,6 +4,7 @@ stage replayed from CUDA graphs (engine/runtime/cuda_graphs.py)."""
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 
@@ -47,15 +48,18 @@ class TorchBackend:
             parts.unet.to(memory_format=torch.channels_last)
             parts.vae.to(memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs and graphs_wanted(device)
-        self._unet_call, self._decode_call = self._unet_forward, self._decode_forward
+        # Stage functions over the parts, not bound methods: no reference cycle keeps a
+        # swapped-out model's weights and graph memory on the GPU until a full collection.
+        self._unet_call = partial(unet_forward, parts)
+        self._decode_call = partial(decode_forward, parts)
         self._clip_text_call = None  # CLIP has no attention mask, so its graph never branches
         if self.cuda_graphs:
             pool = new_memory_pool()
-            self._unet_call = GraphedCall(self._unet_forward, "the UNet", pool)
-            self._decode_call = GraphedCall(self._decode_forward, "the decoder", pool)
+            self._unet_call = GraphedCall(self._unet_call, "the UNet", pool)
+            self._decode_call = GraphedCall(self._decode_call, "the decoder", pool)
             if parts.text_encoder.is_clip:
-                self._clip_text_call = GraphedCall(self._clip_text_forward, "the text encoder",
-                                                   pool)
+                self._clip_text_call = GraphedCall(partial(clip_text_forward, parts),
+                                                   "the text encoder", pool)
 
     @classmethod
     def load(cls, model: str, device: str = "auto", cuda_graphs: bool = True) -> TorchBackend:
@@ -71,9 +75,6 @@ class TorchBackend:
         token_ids = encoder.tokenize(prompts)["input_ids"].to(self.device)
         return TextEmbedding(*self._clip_text_call(token_ids))
 
-    def _clip_text_forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_tokens(self.parts.text_encoder.model, True, token_ids, None)
-
     @torch.inference_mode()
     def unet(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
              conditioning: torch.Tensor | None) -> torch.Tensor:
@@ -87,11 +88,6 @@ class TorchBackend:
         return self._unet_call(x_in, t.to(self.device),
                                text.token_states.to(self.device, self.dtype), *pooled)
 
-    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, token_states: torch.Tensor,
-                      *pooled: torch.Tensor) -> torch.Tensor:
-        return self.parts.unet(x_in, t, encoder_hidden_states=token_states,
-                               class_labels=pooled[0] if pooled else None).sample
-
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         latents = encode_latents(self.parts.vae, images.to(self.device, self.dtype))
@@ -100,9 +96,6 @@ class TorchBackend:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._decode_call(latents.to(self.device, self.dtype))
-
-    def _decode_forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.parts.vae.decode(latents / self.parts.latent_scale).sample.clamp(-1, 1)
 
     def warm_up(self) -> None:
         text = self.encode_text(["warm up"])
@@ -116,3 +109,18 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+
+
+def unet_forward(parts: PipelineParts, x_in: torch.Tensor, t: torch.Tensor,
+                 token_states: torch.Tensor, *pooled: torch.Tensor) -> torch.Tensor:
+    return parts.unet(x_in, t, encoder_hidden_states=token_states,
+                      class_labels=pooled[0] if pooled else None).sample
+
+
+def decode_forward(parts: PipelineParts, latents: torch.Tensor) -> torch.Tensor:
+    return parts.vae.decode(latents / parts.latent_scale).sample.clamp(-1, 1)
+
+
+def clip_text_forward(parts: PipelineParts, token_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    return encode_tokens(parts.text_encoder.model, True, token_ids, None)

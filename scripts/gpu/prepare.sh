@@ -13,7 +13,8 @@ version() { python -c "import importlib.metadata as m; print(m.version('$1'))"; 
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux2014_x86_64 -d .whl \
     "diffusers==$(version diffusers)" "emoji==$(version emoji)" importlib_metadata \
-    "pytest==$(version pytest)" "pluggy==$(version pluggy)" "iniconfig==$(version iniconfig)"
+    "pytest==$(version pytest)" "pluggy==$(version pluggy)" "iniconfig==$(version iniconfig)" \
+    "pygments==$(version pygments)" "packaging==$(version packaging)"
 # What a call sends: tracked and untracked-not-ignored files plus its carried folders
 # (<= 64 MiB); the shipped UNet weights are moved out of the tree for the call.
 WEIGHTS='assets/models/[a-z]*/unet/diffusion_pytorch_model.safetensors'

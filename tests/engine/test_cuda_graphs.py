@@ -2,6 +2,7 @@
 one that keeps graph semantics (static inputs and outputs, rewritten in place on replay)."""
 
 import logging
+from functools import partial
 
 import pytest
 import torch
@@ -114,20 +115,38 @@ def test_the_backend_draws_the_same_frames_through_graphed_stages(tiny_student_d
 
     from engine.api import GenerateRequest
     from engine.pipeline.generator import Generator
-    from engine.runtime.torch_backend import TorchBackend
+    from engine.runtime.torch_backend import TorchBackend, clip_text_forward
 
     plain = TorchBackend.load(str(tiny_student_dir), "cpu")
     assert not plain.cuda_graphs and plain._clip_text_call is None  # a CPU stays eager
     staged = TorchBackend(plain.parts, "cpu")
     captures = Counting()
-    staged._unet_call = GraphedCall(staged._unet_forward, "unet", capture=captures)
-    staged._decode_call = GraphedCall(staged._decode_forward, "decoder", capture=captures)
-    staged._clip_text_call = GraphedCall(staged._clip_text_forward, "text", capture=captures)
+    staged._unet_call = GraphedCall(staged._unet_call, "unet", capture=captures)
+    staged._decode_call = GraphedCall(staged._decode_call, "decoder", capture=captures)
+    staged._clip_text_call = GraphedCall(partial(clip_text_forward, staged.parts), "text",
+                                         capture=captures)
     for prompt, seed in (("red apple", 1), ("blue car", 2), ("red apple", 3)):
         request = GenerateRequest(prompt, seed=seed, steps=1)
         expected, _ = Generator(plain).generate(request)
         assert np.array_equal(Generator(staged).generate(request)[0], expected)
     assert captures.calls == 3  # one graph per stage, reused for every later frame
+
+
+def test_a_dropped_backend_frees_its_weights_at_once(tiny_student_dir):
+    """No reference cycle: a swapped-out model leaves memory without waiting for gc."""
+    import gc
+    import weakref
+
+    from engine.runtime.torch_backend import TorchBackend
+
+    gc.disable()
+    try:
+        backend = TorchBackend.load(str(tiny_student_dir), "cpu")
+        unet = weakref.ref(backend.parts.unet)
+        del backend
+        assert unet() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -145,4 +164,5 @@ def test_real_cuda_graphs_match_the_eager_backend(tiny_student_dir):
         a = Generator(eager).generate(request)[0].astype(np.int16)
         b = Generator(graphed).generate(request)[0].astype(np.int16)
         assert np.abs(a - b).max() <= 2
-    assert graphed._unet_call.enabled and len(graphed._unet_call.graphs) == 1
+    for call in (graphed._unet_call, graphed._decode_call, graphed._clip_text_call):
+        assert call.enabled and len(call.graphs) == 1, call.name
