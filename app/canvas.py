@@ -142,6 +142,8 @@ class Canvas(QWidget):
         self.brush_size = 6
         self.erasing = False
         self.show_sketch = True
+        self.show_mask = False  # with the sketch: dim what a "painted area only" edit keeps
+        self._kept_tint: tuple[tuple, QImage] | None = None  # (sketch and mask key, tint)
         self.smooth = True  # scale the frame smoothly; False shows its pixels as squares
         self._halo: QImage | None = None  # white outline of the ink, so it shows on dark frames
         self._stroke_before: QImage | None = None
@@ -255,7 +257,21 @@ class Canvas(QWidget):
                 for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
                     painter.drawImage(rect.translated(dx * step, dy * step), halo)
             painter.drawImage(rect, self.sketch)
+            if self.show_mask:
+                painter.drawImage(rect, self.kept_tint())
         painter.end()
+
+    def kept_tint(self) -> QImage:
+        """Translucent black over what the masked edit keeps; clear where it redraws."""
+        key = (self.sketch.cacheKey(), id(self.restored_mask))
+        if self._kept_tint is None or self._kept_tint[0] != key:
+            alpha = ((255 - self.edit_mask().astype(np.uint16)) * 2 // 5).astype(np.uint8)
+            bgra = np.zeros((SKETCH_SIZE, SKETCH_SIZE, 4), np.uint8)  # premultiplied black
+            bgra[..., 3] = alpha
+            tint = QImage(bgra.data, SKETCH_SIZE, SKETCH_SIZE, 4 * SKETCH_SIZE,
+                          QImage.Format.Format_ARGB32_Premultiplied).copy()
+            self._kept_tint = (key, tint)
+        return self._kept_tint[1]
 
     def _sketch_halo(self) -> QImage:
         if self._halo is None:

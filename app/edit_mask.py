@@ -19,7 +19,9 @@ def painted_area(alpha: np.ndarray, restored: np.ndarray | None = None) -> np.nd
         (MASK_CELLS, MASK_CELLS), Image.BOX)
     touched = cells.point(lambda value: 255 if value > 0 else 0)
     grown = touched.filter(ImageFilter.MaxFilter(2 * MASK_GROW + 1))
-    mask = np.asarray(grown.resize((side, side), Image.BILINEAR), dtype=np.uint8)
+    softened = grown.resize((side, side), Image.BILINEAR).filter(
+        ImageFilter.GaussianBlur(side / MASK_CELLS / 2))  # round the grid's corners
+    mask = np.asarray(softened, dtype=np.uint8)
     if restored is not None:
         restored_image = Image.fromarray(np.ascontiguousarray(restored, dtype=np.uint8))
         mask = np.maximum(mask, np.asarray(restored_image.resize((side, side), Image.BILINEAR)))

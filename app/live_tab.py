@@ -435,6 +435,8 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.strength_slider.setEnabled(uses_strength)
         self.strength_label.setEnabled(uses_strength)
         self.masked_box.setEnabled(self.mode == "edit")
+        self.canvas.show_mask = self.mode == "edit" and self.masked_box.isChecked()
+        self.canvas.update()
 
     def _on_steps_changed(self) -> None:
         self.preview_combo.setEnabled(int(self.steps_combo.currentData()) > 1)
@@ -446,6 +448,7 @@ class LiveTab(LiveFilesMixin, QWidget):
 
     def _on_masked_toggled(self, masked: bool) -> None:
         self.settings.masked_edit = masked
+        self._on_mode_changed()  # shows or hides the kept part's tint
         if self.mode == "edit":
             self.submit_current()
 

@@ -373,7 +373,7 @@ def test_painted_area_grows_the_strokes_and_keeps_a_restored_mask():
     alpha = np.zeros((256, 256), np.uint8)
     alpha[10, 10] = 40  # one faint pixel of ink
     mask = painted_area(alpha)
-    assert mask[10, 10] == 255 and mask[10, 20] == 255 and mask[20, 10] == 255
+    assert mask[10, 10] == 255 and mask[10, 16] == 255 and mask[16, 10] == 255
     assert mask[10, 60] == 0 and mask[200, 200] == 0
     restored = np.zeros((128, 128), np.uint8)
     restored[64:, 64:] = 255
@@ -397,12 +397,19 @@ def test_a_painted_area_edit_sends_a_mask_and_its_recipe_restores_it(qtbot, make
     saved = last_delivered_request(window)
     painted = tab.canvas.sketch_on_white().min(axis=2) < 255
     assert (saved.mask > 0).sum() > painted.sum() > 0  # the strokes and a margin
+    assert tab.canvas.show_mask  # the kept part is dimmed, the redrawn part clear
+    tint = tab.canvas.kept_tint()
+    row, column = np.argwhere(saved.mask == 255)[0]
+    assert tint.pixelColor(int(column), int(row)).alpha() == 0
+    row, column = np.argwhere(saved.mask == 0)[0]
+    assert tint.pixelColor(int(column), int(row)).alpha() == 102
     assert (saved.mask == 0).sum() > 0 and saved.init_image is not None
     path = tmp_path / "masked.png"
     assert tab.save("image", str(path))
     assert read_recipe(path).mask is not None
 
     tab.masked_box.setChecked(False)
+    assert not tab.canvas.show_mask
     tab.canvas.set_base_image(None)
     tab.set_mode("text")
     assert not tab.masked_box.isEnabled()
