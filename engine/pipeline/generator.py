@@ -315,6 +315,8 @@ class Generator:
         timesteps = self.timesteps_for(int(request.steps))
         if init_latent is not None:
             timesteps = edit_start(self.edit_timesteps, strength, top)
+            if keep_weights is not None and strength >= 1.0:  # from noise inside the mask:
+                timesteps = self.timesteps_for(int(request.steps))  # the student's own steps
             if not timesteps:
                 return init_latent
             x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
