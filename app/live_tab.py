@@ -406,6 +406,8 @@ class LiveTab(LiveFilesMixin, QWidget):
                 self.meter.setText(f"Error: {result.error}")
                 self.status_message.emit(f"Generation failed: {result.error}")
             self.last_result = result
+        elif result.ok:  # Compare's teacher frame: kept in the strip, to save or drag out
+            self.history.add(HistoryEntry(image, self.recipe_of(result)))
         self.compare.handle_result(result, request, image)
 
     def _on_generator_changed(self, description: str) -> None:

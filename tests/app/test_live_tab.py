@@ -158,6 +158,9 @@ def test_compare_renders_the_teacher_beside_the_student(qtbot, make_window):
     assert "10.0× faster" in tab.compare.summary.text()
     assert tab.compare.teacher_view.image is not None
     assert last_delivered_request(window).teacher_steps == 0  # the canvas keeps the student
+    kept = tab.history.entries()[0].recipe  # the teacher frame joins the history
+    assert (kept.teacher_steps, kept.prompt) == (8, "red apple")
+    assert "teacher 8 steps" in tab.history.item(0).toolTip()
 
 
 def test_without_a_model_the_live_tab_says_so(qtbot, make_window):
