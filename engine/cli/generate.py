@@ -74,9 +74,10 @@ def mask_grey(image: Image.Image) -> np.ndarray:
     pixels count as black (kept), so white strokes on a clear layer redraw."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         return (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-    grey = np.asarray(image.convert("RGBA").convert("L"), dtype=np.float32)
-    return (grey * rgba[:, :, 3] / 255).round().astype(np.uint8)
+    rgba = image.convert("RGBA")
+    grey = np.asarray(rgba.convert("L"), dtype=np.float32)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+    return (grey * alpha / 255).round().astype(np.uint8)
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
