@@ -101,20 +101,25 @@ def square_crop(image: QImage, size: int = SKETCH_SIZE) -> QImage:
 
 
 class SketchEdit(QUndoCommand):
-    """One stroke or clear: the sketch layer before and after."""
+    """One stroke, clear or restore: the sketch layer (and a restored recipe's edit mask, part
+    of the painted area) before and after."""
 
-    def __init__(self, canvas: Canvas, before: QImage, after: QImage, text: str):
+    def __init__(self, canvas: Canvas, before: QImage, after: QImage, text: str,
+                 masks: tuple[np.ndarray | None, np.ndarray | None] | None = None):
         super().__init__(text)
         self._canvas, self._before, self._after = canvas, before, after
+        self._masks = masks or (canvas.restored_mask, canvas.restored_mask)
         self._applied = True  # the edit is already on the canvas when pushed
 
     def redo(self) -> None:
         if self._applied:
             self._applied = False
             return
+        self._canvas.restored_mask = self._masks[1]
         self._canvas.restore_sketch(self._after)
 
     def undo(self) -> None:
+        self._canvas.restored_mask = self._masks[0]
         self._canvas.restore_sketch(self._before)
 
 
@@ -176,15 +181,16 @@ class Canvas(QWidget):
         self.sketch_changed.emit()
 
     def clear_sketch(self) -> None:
-        self.restored_mask = None  # it was part of the painted area
-        self.replace_sketch(self.blank_sketch(), "Clear sketch")
+        self.replace_sketch(self.blank_sketch(), "Clear sketch", mask=None)
 
-    def replace_sketch(self, layer: QImage, text: str) -> None:
-        """Swap the whole sketch layer, undoably (clear, a restored recipe)."""
-        before = self.sketch.copy()
+    def replace_sketch(self, layer: QImage, text: str, mask: np.ndarray | None = None) -> None:
+        """Swap the whole sketch layer and the restored edit mask, undoably (clear, a restored
+        recipe)."""
+        before, masks = self.sketch.copy(), (self.restored_mask, mask)
         self.sketch = layer.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
+        self.restored_mask = mask
         self._halo = None
-        self.undo_stack.push(SketchEdit(self, before, self.sketch.copy(), text))
+        self.undo_stack.push(SketchEdit(self, before, self.sketch.copy(), text, masks))
         self.update()
         self.sketch_changed.emit()
 

@@ -118,13 +118,11 @@ class LiveFilesMixin:
             self.strength_slider.setValue(round(recipe.strength * 100))
             self.strength_label.setText(f"{recipe.strength:.2f}")
             self.set_mode(recipe.mode)
-            self.canvas.restored_mask = None
             if recipe.mode == "sketch" and recipe.sketch is not None:
                 self.canvas.replace_sketch(sketch_layer_from_white(recipe.sketch), "Restore")
             elif recipe.mode == "edit" and recipe.init_image is not None:
                 self.canvas.set_base_image(array_to_qimage(recipe.init_image))
-                self.canvas.replace_sketch(self.canvas.blank_sketch(), "Restore")
-                self.canvas.restored_mask = recipe.mask
+                self.canvas.replace_sketch(self.canvas.blank_sketch(), "Restore", recipe.mask)
                 self.masked_box.setChecked(recipe.mask is not None)
                 self.settings.masked_edit = recipe.mask is not None
         finally:

@@ -419,3 +419,7 @@ def test_a_painted_area_edit_sends_a_mask_and_its_recipe_restores_it(qtbot, make
     assert tab.masked_box.isChecked() and tab.mode == "edit"
     assert np.array_equal(again.mask, saved.mask)
     assert np.array_equal(again.init_image, saved.init_image)
+    tab.canvas.clear_sketch()  # the restored area is part of the painted area...
+    assert tab.canvas.restored_mask is None and tab.canvas.edit_mask().max() == 0
+    tab.undo_action.trigger()  # ...and comes back with it
+    assert np.array_equal(tab.canvas.edit_mask(), saved.mask)
