@@ -162,13 +162,6 @@ def graph_variants(backend, repeats: int, prefix: str = "") -> list[dict]:
     return results
 
 
-def graphed_stages(backend) -> str:
-    """Which of the backend's stages replay from CUDA graphs, after it has run them."""
-    calls = (backend._clip_text_call, backend._unet_call, backend._decode_call)
-    on = [call.name for call in calls if getattr(call, "enabled", False)]
-    return f"CUDA graphs for {', '.join(on)}" if on else "no CUDA graphs"
-
-
 def compile_parts(backend, mode: str) -> float:
     """torch.compile the text model, UNet and decoder in place and compile them by running the
     bench's frames once (text eager and text inside); returns the seconds that took."""
@@ -213,7 +206,8 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
             staged.warm_up()
             live = Generator(staged)
             results.append(variant("torch live path", lambda: generate(live), repeats,
-                                   "the generator; " + graphed_stages(staged)))
+                                   "the generator; CUDA graphs for: "
+                                   + (", ".join(staged.graphed_stages()) or "none")))
         except Exception as error:  # noqa: BLE001
             results.append(failed("torch live path", error))
         staged = live = None

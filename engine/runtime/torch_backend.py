@@ -67,6 +67,11 @@ class TorchBackend:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         return cls(load_pipeline(model, device=device, dtype=dtype), device, cuda_graphs)
 
+    def graphed_stages(self) -> list[str]:
+        """The stages that replay from CUDA graphs (after a capture failed, not that one)."""
+        calls = (self._clip_text_call, self._unet_call, self._decode_call)
+        return [call.name for call in calls if isinstance(call, GraphedCall) and call.enabled]
+
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> TextEmbedding:
         encoder = self.parts.text_encoder

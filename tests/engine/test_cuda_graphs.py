@@ -130,6 +130,7 @@ def test_the_backend_draws_the_same_frames_through_graphed_stages(tiny_student_d
         expected, _ = Generator(plain).generate(request)
         assert np.array_equal(Generator(staged).generate(request)[0], expected)
     assert captures.calls == 3  # one graph per stage, reused for every later frame
+    assert staged.graphed_stages() == ["text", "unet", "decoder"] and not plain.graphed_stages()
 
 
 def test_a_dropped_backend_frees_its_weights_at_once(tiny_student_dir):
