@@ -1,4 +1,4 @@
-"""`python -m engine data emoji --out DIR`: build the embedded emoji dataset."""
+"""`python -m engine data emoji|pack|phrases`: build the embedded dataset, its pack, its phrases."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ def add_parser(subparsers) -> None:
         "data",
         help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches; "
              "pack: an emoji dataset pre-encoded into a small latent pack for a GPU machine).")
-    parser.add_argument("source", choices=["emoji", "pack"],
+    parser.add_argument("source", choices=["emoji", "pack", "phrases"],
                         help="emoji: render the dataset; pack: encode --data with --vae into a "
                              "latent pack (AE latents + a MiniLM pruned to the captions' "
                              "vocabulary, about 40 MB) that train-teacher --data and distill "
                              "--real-data accept where the images and the text-encoder package "
-                             "are not installed")
+                             "are not installed; phrases: derive the names and keywords table "
+                             "(--out FILE.json) from the CLDR annotations and emojibase npm "
+                             "packages (--cldr, --emojibase: their extracted package folders)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder (replaced atomically)")
     parser.add_argument("--data", type=Path, default=Path("data/emoji"),
@@ -26,6 +28,8 @@ def add_parser(subparsers) -> None:
                         help="pack: the autoencoder that encodes it (default: the embedded one)")
     parser.add_argument("--font", type=Path, default=None,
                         help="color emoji font (default: the Debian fonts-noto-color-emoji file)")
+    parser.add_argument("--cldr", type=Path, help="phrases: extracted cldr-annotations-full")
+    parser.add_argument("--emojibase", type=Path, help="phrases: extracted emojibase-data")
     parser.add_argument("--limit", type=int, default=None, help="only the first N emoji (tests)")
     parser.set_defaults(run=run)
 
@@ -33,6 +37,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.source == "pack":
         return run_pack(args)
+    if args.source == "phrases":
+        return run_phrases(args)
     from tqdm import tqdm
 
     from engine.embedded.dataset import build_dataset
@@ -69,4 +75,23 @@ def run_pack(args) -> int:
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote a latent pack of {manifest['count']} images ({size / 2**20:.1f} MiB, "
           f"vocabulary {manifest['vocab_size']} tokens) to {args.out}")
+    return 0
+
+
+def run_phrases(args) -> int:
+    import json
+    import os
+
+    from engine.embedded.dataset import load_dataset
+    from engine.embedded.phrases import build_phrase_table
+
+    if args.cldr is None or args.emojibase is None:
+        raise EngineError("data phrases needs --cldr and --emojibase (extracted npm packages).")
+    table = build_phrase_table(args.cldr, args.emojibase, load_dataset(args.data).captions)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temp = args.out.with_name(f".{args.out.name}.tmp")
+    temp.write_text(json.dumps(table, ensure_ascii=False, indent=0) + "\n")
+    os.replace(temp, args.out)
+    names = sum(len(e["names"]) for e in table["entries"])
+    print(f"wrote {len(table['entries'])} emoji with {names} names to {args.out}")
     return 0
