@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from engine.api import EngineError
+from engine.api import EngineError, os_error_message
 
 # Each command lives in engine/cli/<module>.py with add_parser(subparsers) and run(args) -> int.
 COMMANDS = {
@@ -20,11 +20,20 @@ COMMANDS = {
     "train-teacher": "engine.cli.train_teacher",
     "train-autoencoder": "engine.cli.train_autoencoder",
     "train-evaluator": "engine.cli.train_evaluator",
+    "train-recognizer": "engine.cli.train_recognizer",
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments print one `error:` line (naming --help) and exit 2, as other input errors
+    do; subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message}; see {self.prog} --help.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m engine",
         description="DMD Studio engine: one-step generation, distillation, export, benchmarks.",
     )
@@ -46,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file the command reads or writes: the path and the cause
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
