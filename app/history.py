@@ -22,6 +22,7 @@ from PySide6.QtGui import (
     QDropEvent,
     QIcon,
     QImage,
+    QImageReader,
     QPainter,
     QPixmap,
 )
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWi
 from app.canvas import local_file, save_image_atomic
 from engine.api import EngineError
 from engine.recipe import Recipe, read_recipe, text_chunks
+from engine.untrusted import MAX_IMAGE_PIXELS
 
 HISTORY_SETTLE_MS = 1500  # a frame shown this long without a newer one joins the history
 HISTORY_LIMIT = 48
@@ -99,12 +101,16 @@ class HistoryStrip(QListWidget):
         off the strip, e.g. by a crash before trimming) are deleted, unreadable ones left."""
         kept: list[HistoryEntry] = []
         for path in reversed(self._files()):  # newest first
-            frame = QImage(str(path)).convertToFormat(FRAME_FORMAT)  # comparable with add's
             try:
                 recipe = read_recipe(path)
             except EngineError:
                 recipe = None
-            if frame.isNull() or recipe is None:
+            reader = QImageReader(str(path))
+            size = reader.size()  # from the header: a frame too big is never decoded
+            if recipe is None or size.width() * size.height() > MAX_IMAGE_PIXELS:
+                continue
+            frame = reader.read().convertToFormat(FRAME_FORMAT)  # comparable with add's
+            if frame.isNull():
                 continue
             if len(kept) == HISTORY_LIMIT:
                 forget(path)

@@ -17,10 +17,9 @@ from app.canvas import save_image_atomic
 from app.engine_tab import EngineTab, onnx_backend_available
 from app.live_tab import LiveTab
 from app.model_picker import looks_like_hub_id
-from app.settings import AppSettings, load_settings, save_settings
+from app.settings import APP_NAME, AppSettings, load_settings, name_application, save_settings
 from engine.api import BACKENDS, ONNX_BACKENDS
 
-APP_NAME = "DMD Studio"
 SCREENSHOT_TIMEOUT_MS = 300_000
 STATUS_TIMEOUT_MS = 15_000
 
@@ -167,8 +166,7 @@ def run_app(argv: list[str] | None = None) -> int:
                   "or set QT_QPA_PLATFORM=offscreen.", file=sys.stderr)
             return 2
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
-    QApplication.setApplicationName(APP_NAME)
-    QApplication.setOrganizationName("dmd-studio")
+    name_application()
     application = QApplication.instance() or QApplication([sys.argv[0]])
     settings, notice = load_settings()
     if options.model:

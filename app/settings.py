@@ -1,20 +1,27 @@
 """User settings saved as JSON: typed fields with per-key fallback, atomic writes.
 
-The file lives in Qt's AppConfigLocation (e.g. ~/.config/DMD Studio/settings.json on
-Linux); the environment variable DMD_STUDIO_SETTINGS overrides the path (tests use it).
+The file lives in Qt's AppConfigLocation for the organization and application names set
+by name_application() (~/.config/dmd-studio/DMD Studio/settings.json on Linux); the
+environment variable DMD_STUDIO_SETTINGS overrides the path (tests use it). The file is
+read through engine.untrusted's limits; numbers out of range fall back to the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths
+from PySide6.QtCore import QCoreApplication, QStandardPaths
 
+from engine.untrusted import MAX_GUIDANCE, MAX_TEACHER_STEPS, read_json_file
+
+APP_NAME = "DMD Studio"
+ORGANIZATION_NAME = "dmd-studio"
 SETTINGS_ENV = "DMD_STUDIO_SETTINGS"
 SETTINGS_FILE_NAME = "settings.json"
 
@@ -62,6 +69,21 @@ class AppSettings:
     distill: DistillSettings = field(default_factory=DistillSettings)
 
 
+# Numbers outside these ranges (or not finite) keep their defaults.
+NUMBER_RANGES = {"brush_size": (1, 256), "teacher_steps": (1, MAX_TEACHER_STEPS),
+                 "teacher_guidance": (0.0, MAX_GUIDANCE), "steps": (1, 10**9),
+                 "batch": (1, 2**16), "lr": (1e-12, 1.0), "guidance": (0.0, MAX_GUIDANCE),
+                 "critic_ratio": (1, 1000), "gan_weight": (0.0, 1e6),
+                 "regression_weight": (0.0, 1e6), "student_steps": (1, 4),
+                 "critic_warmup_steps": (0, 10**9), "ema_decay": (0.0, 0.999999)}
+
+
+def name_application() -> None:
+    """The names Qt's standard locations (and so settings_path) are built from."""
+    QCoreApplication.setApplicationName(APP_NAME)
+    QCoreApplication.setOrganizationName(ORGANIZATION_NAME)
+
+
 def settings_path() -> Path:
     """Where settings.json is read and written."""
     override = os.environ.get(SETTINGS_ENV)
@@ -86,20 +108,31 @@ def _typed_fields(instance, values: dict):
             if isinstance(given, dict):
                 _typed_fields(current, given)
         elif isinstance(current, float) and isinstance(given, int | float) \
-                and not isinstance(given, bool):
+                and not isinstance(given, bool) and in_range(item.name, given):
             setattr(instance, item.name, float(given))
-        elif type(given) is type(current):
+        elif type(given) is type(current) and in_range(item.name, given):
             setattr(instance, item.name, given)
     return instance
+
+
+def in_range(name: str, value) -> bool:
+    """Whether a setting's value lies within NUMBER_RANGES (always, for non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    low, high = NUMBER_RANGES.get(name, (-2**63, 2**63))
+    return math.isfinite(value) and low <= value <= high
 
 
 def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
     """Read settings; returns (settings, notice) where notice explains a fallback to defaults."""
     path = path or settings_path()
+    if path.is_dir():
+        return AppSettings(), (f"Settings path {path} is a folder, not a file; using defaults "
+                               "(they will not be saved).")
     if not path.exists():
         return AppSettings(), None
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = read_json_file(path, "it")
         if not isinstance(values, dict):
             raise ValueError("the top level is not a JSON object")
     except (OSError, ValueError) as error:
@@ -109,7 +142,7 @@ def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
             kept = f" (kept as {backup.name})"
         except OSError:
             kept = ""
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = str(error).splitlines()[0].rstrip(".") if str(error) else type(error).__name__
         notice = f"Settings file {path} was unreadable ({reason}); using defaults{kept}."
         return AppSettings(), notice
     if values.get("preview_while_typing") is False and "preview" not in values:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -12,6 +13,26 @@ ONNX_BACKENDS = BACKENDS[1:]
 
 class EngineError(Exception):
     """An error the user can act on; its message is one sentence, shown as is."""
+
+
+# What an OSError means to the user, by errno; writes fail with the first three.
+OS_ERROR_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                   errno.ENOENT: "it does not exist", errno.EISDIR: "it is a folder",
+                   errno.ENOTDIR: "a part of the path is not a folder",
+                   errno.ENAMETOOLONG: "the name is too long"}
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def os_error_message(error: OSError, path: object = None, verb: str | None = None) -> str:
+    """One sentence for an OSError: the path it concerns (path, else the error's own) and the
+    cause in plain words; verb: what was being done ("write"; default: guessed from errno)."""
+    path = path if path is not None else error.filename
+    cause = OS_ERROR_CAUSES.get(error.errno) or (error.strerror or str(error) or
+                                                 type(error).__name__).rstrip(".")
+    verb = verb or ("write" if error.errno in WRITE_ERRNOS else "open")
+    return f"Could not {verb} {path}: {cause}." if path is not None else f"{cause.capitalize()}."
 
 
 class ModelLoadError(EngineError):

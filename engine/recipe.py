@@ -11,14 +11,22 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from engine.api import EngineError, GenerateRequest
+from engine.api import EngineError, GenerateRequest, InvalidRequestError
+from engine.untrusted import (
+    MAX_EMBEDDED_PIXELS,
+    MAX_IMAGE_PIXELS,
+    check_pixels,
+    check_request,
+    clean_prompt,
+    load_json,
+)
 
 RECIPE_KEY = "dmd-studio"
 RECIPE_VERSION = 1
@@ -32,8 +40,10 @@ def encode_png(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_png(text: str, mode: str = "RGB") -> np.ndarray:
+def decode_png(text: str, mode: str = "RGB", what: str = "An embedded image") -> np.ndarray:
+    """encode_png's text -> an array in mode; its declared size is checked before decoding."""
     with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+        check_pixels(image.size, what, MAX_EMBEDDED_PIXELS)
         return np.asarray(image.convert(mode)).copy()
 
 
@@ -59,7 +69,8 @@ class Recipe:
                      backend: str = "") -> Recipe:
         mode = "edit" if request.init_image is not None else \
             "sketch" if request.sketch is not None else "text"
-        return cls(prompt=request.prompt, seed=request.seed, steps=request.steps, mode=mode,
+        return cls(prompt=clean_prompt(request.prompt), seed=request.seed, steps=request.steps,
+                   mode=mode,
                    strength=request.strength, teacher_steps=request.teacher_steps,
                    guidance=request.guidance, model=model, backend=backend,
                    sketch=request.sketch, init_image=request.init_image, mask=request.mask)
@@ -92,22 +103,21 @@ class Recipe:
     def from_text(cls, text: str) -> Recipe:
         """Parse to_text's JSON; a damaged or foreign recipe raises EngineError."""
         try:
-            values = json.loads(text)
+            values = load_json(text, "The recipe")
             if not isinstance(values, dict) or values.get("version") != RECIPE_VERSION:
                 raise ValueError("not a version-1 recipe")
             if not isinstance(values.get("prompt"), str) or values.get("mode") not in MODES:
                 raise ValueError("no prompt or an unknown mode")
             typed = {name: convert(values[name]) for name, convert in FIELD_TYPES.items()
                      if values.get(name) is not None}
+            typed["prompt"] = clean_prompt(typed["prompt"], "its prompt")
             for name, mode in IMAGE_MODES.items():
                 if values.get(name) is not None:
-                    typed[name] = decode_png(values[name], mode)
+                    typed[name] = decode_png(values[name], mode, f"its {name.replace('_', ' ')}")
             recipe = cls(**typed)
-            if not (0.0 <= recipe.strength <= 1.0 and math.isfinite(recipe.guidance)
-                    and recipe.steps >= 1 and recipe.teacher_steps >= 0):
-                raise ValueError("a value out of range")
+            check_request(recipe.request())
             return recipe
-        except (ArithmeticError, ValueError, TypeError, OSError,
+        except (ArithmeticError, ValueError, TypeError, OSError, InvalidRequestError,
                 Image.DecompressionBombError) as error:
             raise EngineError(f"The image's DMD Studio recipe is damaged ({error}).") from error
 
@@ -131,10 +141,17 @@ def png_info(recipe: Recipe) -> PngImagePlugin.PngInfo:
 
 
 def read_recipe(path: str | Path) -> Recipe | None:
-    """The recipe saved in an image file, or None when it has none (any other image)."""
+    """The recipe saved in an image file, or None when it has none (any other image). The
+    text chunks before the pixel data are read without decoding it; chunks after it only
+    in an image within MAX_IMAGE_PIXELS."""
     try:
-        with Image.open(path) as image:
-            text = getattr(image, "text", {}).get(RECIPE_KEY)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # limits are ours
+            image = Image.open(path)
+        with image:
+            text = image.info.get(RECIPE_KEY)
+            if text is None and image.width * image.height <= MAX_IMAGE_PIXELS:
+                text = getattr(image, "text", {}).get(RECIPE_KEY)
     except FileNotFoundError as error:
         raise EngineError(f"{path} does not exist.") from error
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:

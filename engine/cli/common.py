@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
+from pathlib import Path
 
-from engine.api import BACKENDS, EngineError
+from engine.api import BACKENDS, EngineError, os_error_message
 from engine.pipeline.loading import default_model
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
@@ -33,6 +35,18 @@ def parse_timesteps(text: str, flag: str = "--timesteps",
         raise EngineError(f"{flag} {text!r} must decrease and lie in 0..."
                           f"{num_train_timesteps - 1}.")
     return values
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Create folder (and its parents) and write a probe file there, so that a read-only or
+    full location fails at once with one sentence instead of after minutes of work."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        message = os_error_message(error, folder, "write")
+        raise EngineError(f"{flag}: {message}") from error
 
 
 def model_or_default(model: str | None) -> str:

@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.api import EngineError
-from engine.cli.common import lower_cpu_priority, parse_timesteps
+from engine.cli.common import check_writable_folder, lower_cpu_priority, parse_timesteps
 
 DESCRIPTION = """\
 Distill a diffusion teacher into a one-step (or few-step) student with Distribution
@@ -192,6 +192,7 @@ def prepare_config(args):
     from engine.distill.stages import real_data_folder
 
     real_data_folder(config)
+    check_writable_folder(out, "--out")
     return config
 
 

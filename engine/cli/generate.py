@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engine.api import EngineError, GenerateRequest
+from engine.api import EngineError, GenerateRequest, os_error_message
 from engine.cli.common import add_model_arguments, load_cli_generator
 from engine.recipe import Recipe, png_info, read_recipe
+from engine.untrusted import check_request, clean_prompt
 
 DEFAULT_STRENGTH = 0.6  # --init / --sketch without --strength
 
@@ -90,7 +91,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
-        raise EngineError(f"Could not write {path} ({error.strerror or error}).") from error
+        raise EngineError(os_error_message(error, path, "write")) from error
 
 
 def save_png(image: np.ndarray, path: Path, recipe: Recipe) -> None:
@@ -104,7 +105,8 @@ def read_prompts(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise EngineError(f"The prompts file {path} is not a readable text file.") from error
-    prompts = [line.strip() for line in lines if line.strip()]
+    prompts = [clean_prompt(line.strip(), f"Line {number} of {path}")
+               for number, line in enumerate(lines, 1) if line.strip()]
     if not prompts:
         raise EngineError(f"The prompts file {path} has no prompts.")
     return prompts
@@ -121,7 +123,8 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     if args.recipe and recipe is None:
         raise EngineError(f"{args.recipe} has no DMD Studio recipe (it was not saved by "
                           "DMD Studio or generate).")
-    base = recipe.request() if recipe else GenerateRequest(prompt=args.prompt or "")
+    base = recipe.request() if recipe else \
+        GenerateRequest(prompt=clean_prompt(args.prompt or "", "--prompt"))
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
     mask = read_image(args.mask, "mask", mask_grey)
@@ -137,6 +140,7 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
         request = replace(request, strength=1.0)  # the strength only edits images
     if request.mask is not None and request.init_image is None and request.sketch is None:
         raise EngineError("--mask needs an image to edit: give --init (or an edit --recipe).")
+    check_request(request)  # --guidance inf and the like fail before the model loads
     return request
 
 

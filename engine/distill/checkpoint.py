@@ -14,9 +14,28 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.api import EngineError, os_error_message
+
 CHECKPOINT_FILE = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
+LOW_SPACE_BYTES = 64 * 2**20  # a failed write with less free space than this: the disk is full
+# torch.save's C++ writer reports a failed write as a RuntimeError with these words
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "file write failed", "inline_container")
+
+
+def write_failure(error: Exception, folder: Path) -> EngineError:
+    """One sentence for a checkpoint that could not be written: the folder and the cause
+    (a full disk, named as such, also when torch's writer only says its write failed)."""
+    if isinstance(error, OSError):
+        return EngineError("Checkpoint not saved: " + os_error_message(error, folder, "write"))
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = None
+    cause = "the disk is full" if free is not None and free < LOW_SPACE_BYTES \
+        else "a write failed"
+    return EngineError(f"Checkpoint not saved: could not write {folder}: {cause}.")
 
 
 def read_step(folder: Path) -> int | None:
@@ -64,11 +83,20 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, keep: int) ->
             shutil.rmtree(tmp)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            info = {"step": step, "format": FORMAT_VERSION, "time": time.time()}
+            (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=1))
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not any(
+                words in str(error) for words in TORCH_WRITE_FAILURES):
+            raise
+        failure = write_failure(error, tmp)  # before the partial write's space is freed
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise failure from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = {"step": step, "format": FORMAT_VERSION, "time": time.time()}
-        (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=1))
         if final.exists():  # e.g. a stop signal right after a periodic save of this step
             stale = checkpoints_dir / f"{TMP_PREFIX}old-step-{step}"
             final.rename(stale)

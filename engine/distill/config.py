@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from engine.api import EngineError
+from engine.untrusted import read_json_file
 
 METHODS = ("dmd", "dmd2")
 STUDENT_STEP_CHOICES = (1, 2, 4)
@@ -168,11 +169,11 @@ class DistillConfig:
     @classmethod
     def load(cls, path: Path) -> DistillConfig:
         try:
-            values = json.loads(Path(path).read_text())
+            values = read_json_file(path, "The file")
             # Runs saved before sketch conditioning existed were text-only; resume them so.
             values.setdefault("sketch_fraction", 0.0)
             return cls.from_dict(values)
-        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as error:
+        except (OSError, ValueError, TypeError, AttributeError) as error:
             raise EngineError(f"{path} is not a readable run config: {error}") from error
 
     def merged_for_resume(self, saved: DistillConfig, given: set[str]) -> DistillConfig:

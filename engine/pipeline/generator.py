@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,8 +24,7 @@ from engine.pipeline.sampling import (
 )
 from engine.pipeline.schedule import ddim_timesteps, student_timesteps, x0_from_eps
 from engine.pipeline.text import TextEmbedding
-
-MAX_TEACHER_STEPS = 1000
+from engine.untrusted import MAX_PROMPT_CHARS, check_request, clean_prompt
 
 
 class LruCache:
@@ -90,23 +90,6 @@ def tensor_to_image(images: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) in [-1, 1] -> HxWx3 uint8."""
     array = ((images[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
     return array.permute(1, 2, 0).cpu().numpy()
-
-
-def check_request(request: GenerateRequest) -> None:
-    """Validate every field first, with one-sentence errors (diffusers' check_inputs)."""
-    if not isinstance(request.prompt, str):
-        raise InvalidRequestError("The prompt must be text.")
-    if not 0.0 <= float(request.strength) <= 1.0:
-        raise InvalidRequestError(f"Strength must be between 0 and 1, not {request.strength}.")
-    if not 1 <= int(request.steps) <= 16:
-        raise InvalidRequestError(f"Student steps must be between 1 and 16, not {request.steps}.")
-    if not 0 <= int(request.preview_steps) <= 16:
-        raise InvalidRequestError(f"Preview steps must be between 0 and 16, not "
-                                  f"{request.preview_steps}.")
-    if not 0 <= int(request.teacher_steps) <= MAX_TEACHER_STEPS:
-        raise InvalidRequestError(f"Teacher steps must be between 0 and {MAX_TEACHER_STEPS}.")
-    if not float(request.guidance) >= 0:  # also rejects NaN
-        raise InvalidRequestError(f"Guidance must be zero or positive, not {request.guidance}.")
 
 
 def interruptible(x0_fn, interrupt: Callable[[], bool] | None):
@@ -240,6 +223,8 @@ class Generator:
         """Run one request; returns the HxWx3 uint8 image and per-stage timings. interrupt()
         is asked before every UNet call; True raises GenerationInterrupted."""
         check_request(request)
+        if len(request.prompt) > MAX_PROMPT_CHARS:  # cut before the tokenizer sees it
+            request = replace(request, prompt=clean_prompt(request.prompt))
         if request.teacher_steps and self.is_student:
             return self.teacher().generate(request, interrupt)
         backend, sync = self.backend, self.backend.synchronize

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -10,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from engine.api import ModelLoadError
+from engine.api import ModelLoadError, os_error_message
 from engine.pipeline.schedule import NoiseSchedule
 from engine.pipeline.text import TextEncoder, load_text_encoder
+from engine.untrusted import read_json_file
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher",
@@ -104,13 +104,22 @@ def download_hub_model(hub_id: str) -> Path:
 
 
 def read_json(path: Path) -> dict:
+    """A model folder's JSON file (within engine.untrusted's limits) as a dict."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"{path} is not readable JSON: {error}") from error
+        values = read_json_file(path)
+    except OSError as error:
+        raise ModelLoadError(os_error_message(error, path)) from error
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from error
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{path} is not a JSON object.")
+    return values
 
 
 def load_component(model_class, folder: Path, dtype: torch.dtype):
+    """A diffusers model from folder; its config.json is checked first, so a bad config is
+    reported as such rather than as corrupt weights."""
+    read_json(folder / "config.json")
     try:
         return model_class.from_pretrained(str(folder), torch_dtype=dtype)
     except Exception as error:  # noqa: BLE001 - corrupt weights surface as many exception types
