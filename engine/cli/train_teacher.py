@@ -26,6 +26,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=500, help="linear LR warm-up steps")
     parser.add_argument("--dedupe-steps", type=int, default=3000,
                         help="leave skin-tone variants out before this step")
+    parser.add_argument("--caption-share", type=float, default=None,
+                        help="share of examples captioned by the plain emoji name; the rest "
+                             "draw one of its phrasings (default 0.3, or the run's own)")
+    parser.add_argument("--include-heldout", action="store_true", default=None,
+                        help="train on the held-out split too (a model to ship; eval's fd and "
+                             "alignment then score training captions)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this model folder's unet/ (e.g. assets/models/teacher) "
+                             "instead of random weights; a new run only")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (CUDA; minutes of compiling first)")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint interval")
     parser.add_argument("--sample-every", type=int, default=1000, help="sample grid interval")
     parser.add_argument("--export-every", type=int, default=2000,
@@ -61,9 +72,24 @@ def run(args) -> int:
         print("encoding latents and captions (cached in OUT/cache) ...", flush=True)
         cache = cached_or_built(args.out / "cache", args.data, load_dataset(args.data), vae_dir,
                                 args.device)
+    if args.init_from and resuming:
+        raise EngineError("--init-from starts a new run; drop it with --resume.")
+    if args.init_from and not (args.init_from / "unet" / "config.json").is_file():
+        raise EngineError(f"No unet/ in {args.init_from}; --init-from takes a model folder.")
+    share = args.caption_share if args.caption_share is not None else saved.get(
+        "caption_share", TeacherConfig.caption_share)
+    if not 0 <= share <= 1:
+        raise EngineError(f"--caption-share must be within 0...1, not {share}.")
     config = TeacherConfig(batch=args.batch, lr=args.lr, warmup=args.warmup,
-                           dedupe_steps=args.dedupe_steps)
+                           dedupe_steps=args.dedupe_steps, caption_share=share,
+                           include_heldout=bool(args.include_heldout
+                                                or saved.get("include_heldout", False)))
     trainer = TeacherTrainer(cache, config, device=args.device)
+    if args.init_from:
+        trainer.init_from(args.init_from / "unet")
+        print(f"weights from {args.init_from / 'unet'}", flush=True)
+    if args.compile:
+        trainer.unet.compile()
     if resuming:
         trainer.resume(checkpoints[-1])
         print(f"resumed from {checkpoints[-1]} at step {trainer.step}", flush=True)
@@ -71,6 +97,7 @@ def run(args) -> int:
     write_json(config_path, {**config.__dict__,
                              "block_out_channels": list(config.block_out_channels),
                              "vae": str(vae_dir), "data": str(args.data), "device": args.device,
+                             "init_from": str(args.init_from or saved.get("init_from") or ""),
                              "unet_parameters": parameter_count(trainer.unet)})
 
     def export() -> None:
@@ -89,9 +116,10 @@ def run(args) -> int:
         while trainer.step < args.steps and not stop.requested:
             logs = trainer.train_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
             step = trainer.step
-            if step % 50 == 0:
+            if step % 50 == 0 or step == first_step + 1:  # the only host syncs on a GPU
+                logs = {k: float(v) for k, v in logs.items()}
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 rate = (step - first_step) / (time.perf_counter() - started)
                 metrics.write({"step": step, **logs, "it_per_s": rate,
                                "eta_s": (args.steps - step) / max(rate, 1e-9)})

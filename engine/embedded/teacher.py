@@ -76,13 +76,20 @@ class TeacherConfig:
     sketch_dropout: float = 0.5
     snr_gamma: float = 5.0
     dedupe_steps: int = 3000  # skin-tone variants are left out before this step
+    caption_share: float = 0.3  # share of examples captioned by the plain name, not a phrasing
+    include_heldout: bool = False  # train on the held-out split too (a model to ship)
     block_out_channels: tuple[int, ...] = (64, 128, 256)
     layers_per_block: int = 1
     seed: int = 0
 
 
 class TeacherTrainer:
-    """One optimisation step at a time on pre-encoded latents and caption embeddings."""
+    """One optimisation step at a time on pre-encoded latents and phrasing embeddings.
+
+    Everything a step reads lives on the training device and every random draw comes from a
+    generator there, so a GPU step has no host transfer and no host sync (train_step returns
+    tensors; read them only when logging).
+    """
 
     def __init__(self, cache: LatentCache, config: TeacherConfig, device: str = "cpu"):
         torch.manual_seed(config.seed)
@@ -94,45 +101,68 @@ class TeacherTrainer:
         self.unet.train()
         self.ema = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.schedule = NoiseSchedule.from_config(SCHEDULER_CONFIG)
+        cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=cuda or None)
         warmup = max(config.warmup, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min((step + 1) / warmup, 1.0))
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.step = 0
-        train = ~cache.heldout
-        self.train_ids = torch.nonzero(train).flatten()
-        self.unique_ids = torch.nonzero(train & ~cache.variant).flatten()
-        self.amp = self.device.type == "cuda"
+        train = torch.ones_like(cache.heldout) if config.include_heldout else ~cache.heldout
+        on = {"device": self.device}
+        self.train_ids = torch.nonzero(train).flatten().to(**on)
+        self.unique_ids = torch.nonzero(train & ~cache.variant).flatten().to(**on)
+        self.data = {"latents": cache.latents.float().to(**on),
+                     "sketches": cache.sketch_latents.float().to(**on),
+                     "tokens": cache.token_states.to(**on),
+                     "pooled": cache.pooled.float().to(**on),
+                     "null_tokens": cache.null_token_states.to(**on),
+                     "null_pooled": cache.null_pooled.float().to(**on),
+                     "phrase_start": cache.phrase_start.to(**on),
+                     "phrase_count": cache.phrase_count.to(**on),
+                     "abar": self.schedule.alphas_cumprod.float().to(**on)}
+        self.amp = cuda
 
     def sample_ids(self) -> torch.Tensor:
         pool = self.unique_ids if self.step < self.config.dedupe_steps else self.train_ids
-        picks = torch.randint(len(pool), (self.config.batch,), generator=self.generator)
+        picks = torch.randint(len(pool), (self.config.batch,), generator=self.generator,
+                              device=self.device)
         return pool[picks]
+
+    def phrase_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """A phrasing per image: its caption with probability caption_share, else any of its
+        phrasings (the caption included) uniformly."""
+        g, data = self.generator, self.data
+        count = data["phrase_count"][ids]
+        draw = torch.rand(len(ids), generator=g, device=self.device)
+        offset = (torch.rand(len(ids), generator=g, device=self.device) * count).long()
+        offset = torch.where(draw < self.config.caption_share, 0, offset.clamp(max=count - 1))
+        return data["phrase_start"][ids] + offset
 
     def make_batch(self) -> dict[str, torch.Tensor]:
         """Noisy latents, conditioning (with CFG dropout), targets and loss weights."""
-        g, batch, cache = self.generator, self.config.batch, self.cache
+        g, batch, data, on = self.generator, self.config.batch, self.data, self.device
         ids = self.sample_ids()
-        x0 = cache.latents[ids]
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(self.schedule.num_train_timesteps, (batch,), generator=g)
-        drop_text = torch.rand(batch, generator=g) < self.config.text_dropout
-        drop_sketch = torch.rand(batch, generator=g) < self.config.sketch_dropout
-        tokens = cache.token_states[ids].float()
-        pooled = cache.pooled[ids].float()
-        tokens[drop_text] = cache.null_token_states.float()
-        pooled[drop_text] = cache.null_pooled.float()
-        sketch = cache.sketch_latents[ids] * (~drop_sketch).float().view(-1, 1, 1, 1)
-        x_t = self.schedule.add_noise(x0, noise, t).float()
-        abar = self.schedule.abar(t, x0).flatten().float()
+        rows = self.phrase_rows(ids)
+        x0 = data["latents"][ids]
+        noise = torch.randn(x0.shape, generator=g, device=on)
+        t = torch.randint(self.schedule.num_train_timesteps, (batch,), generator=g, device=on)
+        drop_text = (torch.rand(batch, generator=g, device=on) < self.config.text_dropout)
+        keep_sketch = torch.rand(batch, generator=g, device=on) >= self.config.sketch_dropout
+        tokens = torch.where(drop_text.view(-1, 1, 1), data["null_tokens"],
+                             data["tokens"][rows]).float()
+        pooled = torch.where(drop_text.view(-1, 1), data["null_pooled"], data["pooled"][rows])
+        sketch = data["sketches"][ids] * keep_sketch.float().view(-1, 1, 1, 1)
+        abar = data["abar"][t]
+        x_t = abar.sqrt().view(-1, 1, 1, 1) * x0 + (1 - abar).sqrt().view(-1, 1, 1, 1) * noise
         return {"sample": torch.cat([x_t, sketch], 1), "t": t, "tokens": tokens,
                 "pooled": pooled, "target": noise,
                 "weight": min_snr_weights(abar, self.config.snr_gamma)}
 
-    def train_step(self) -> dict[str, float]:
-        batch = {k: v.to(self.device) for k, v in self.make_batch().items()}
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        """One AdamW step; losses and the gradient norm stay tensors (no host sync)."""
+        batch = self.make_batch()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             prediction = self.unet(batch["sample"], batch["t"], batch["tokens"],
                                    class_labels=batch["pooled"]).sample
@@ -146,16 +176,23 @@ class TeacherTrainer:
         self.scheduler.step()
         self.update_ema()
         self.step += 1
-        return {"loss": loss.item(), "mse": per_sample.mean().item(),
-                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": loss.detach(), "mse": per_sample.mean().detach(),
+                "grad_norm": grad_norm.detach(), "lr": self.scheduler.get_last_lr()[0]}
 
-    @torch.no_grad()
+    def init_from(self, unet_dir) -> None:
+        """Start the weights and their average from a model folder's unet/ (same shape)."""
+        from diffusers import UNet2DConditionModel
+
+        source = UNet2DConditionModel.from_pretrained(str(unet_dir))
+        state = {k: v.float() for k, v in source.state_dict().items()}
+        self.unet.load_state_dict(state)
+        self.ema.load_state_dict(state)
+
     def update_ema(self) -> None:
         """EMA with the usual warm-up: decay = min(ema_decay, (1 + n) / (10 + n))."""
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema_param, param in zip(self.ema.parameters(), self.unet.parameters(),
-                                    strict=True):
-            ema_param.lerp_(param.detach(), 1 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()),
+                             [p.detach() for p in self.unet.parameters()], 1 - decay)
 
     def save(self, run_dir, keep: int = 2):
         opt_tensors, param_groups = ckpt.flatten_optimizer(self.optimizer)
@@ -213,8 +250,9 @@ def sample_latents(unet, schedule: NoiseSchedule, cache: LatentCache, ids: torch
     from engine.pipeline.schedule import ddim_timesteps
 
     device = next(unet.parameters()).device
-    tokens = cache.token_states[ids].float().to(device)
-    pooled = cache.pooled[ids].float().to(device)
+    rows = cache.caption_rows(ids)
+    tokens = cache.token_states[rows].float().to(device)
+    pooled = cache.pooled[rows].float().to(device)
     sketch = cache.sketch_latents[ids].to(device)
     if not use_sketch:
         sketch = torch.zeros_like(sketch)
