@@ -142,6 +142,9 @@ class ModelPanel(QGroupBox):
         if job is not self._newest_job:
             return  # a newer load was started meanwhile
         self.engine.set_generator(generator, description)
+        notice = getattr(getattr(generator, "backend", None), "notice", "")
+        if notice:  # e.g. onnx asked for, but no writable place for its export
+            self.status_message.emit(notice)
 
     def _on_failed(self, job: ModelLoadJob, message: str) -> None:
         if job is self._newest_job:  # a superseded load's failure would hide the newer one

@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny random pipelines built offline, and a no-leftover-threads guard."""
+"""Shared fixtures: tiny random pipelines built offline, a no-leftover-threads guard and
+read-only folders."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +61,45 @@ def no_thread_leak():
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
               and t.name.startswith("generation-worker")]
     assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): writes under folder fail with EROFS, as on a read-only mount (a
+    chmod alone does not stop root)."""
+    roots: list[str] = []
+
+    def blocked(path) -> bool:
+        try:
+            path = os.path.abspath(os.fsdecode(path))
+        except TypeError:
+            return False
+        return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def guard(original, is_write):
+        def wrapper(path, *args, **kwargs):
+            if blocked(path) and is_write(*args, **kwargs):
+                refuse(path)
+            return original(path, *args, **kwargs)
+        return wrapper
+
+    def writes_flags(flags=0, *rest, **kwargs):
+        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+
+    def writes_mode(mode="r", *rest, **kwargs):
+        return isinstance(mode, str) and any(c in mode for c in "wax+")
+
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, lambda *a, **k: True))
+    monkeypatch.setattr(os, "open", guard(os.open, writes_flags))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open, writes_mode))
+    monkeypatch.setattr(io, "open", builtins.open)
+
+    def make(folder: Path) -> Path:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        roots.append(os.path.abspath(folder))
+        return Path(folder)
+
+    return make

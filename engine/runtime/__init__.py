@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 from engine.api import BACKENDS, ONNX_BACKENDS, EngineError
@@ -16,6 +17,7 @@ PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cud
                     "TensorrtExecutionProvider": "tensorrt"}
 
 
+log = logging.getLogger("engine.runtime")
 _torch_threads_before_onnx: list[int] = []  # torch's count before an onnx backend lowered it
 
 
@@ -77,5 +79,14 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto",
             from engine.runtime.onnx_backend import OnnxBackend
         except ModuleNotFoundError as error:
             raise EngineError("The ONNX Runtime backend is not available in this build.") from error
-        return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
+        from engine.runtime.onnx_backend import NoExportCacheError
+
+        try:
+            return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
+        except NoExportCacheError as error:  # a read-only model folder and home
+            notice = f"{error} Running PyTorch instead."
+            log.warning(notice)
+            runtime = create_backend(model, "torch", device)
+            runtime.notice = notice
+            return runtime
     raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from engine.api import EngineError, ModelLoadError
 from engine.pipeline.schedule import NoiseSchedule
 from engine.pipeline.text import TextEmbedding, resolve_package_model_path
 from engine.runtime import lower_torch_threads_for_onnx
-from engine.runtime.onnx_export import export_model, precision_of, resolve_export
+from engine.runtime.onnx_export import (
+    can_write_export,
+    export_model,
+    precision_of,
+    resolve_export,
+)
 
 log = logging.getLogger("engine.runtime.onnx")
 
@@ -27,6 +33,14 @@ PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExec
 GPU_PROVIDERS = PROVIDER_ORDER[:2]
 THREADS_ENV = "DMD_ORT_THREADS"
 SPIN_ENV = "DMD_ORT_SPIN"
+
+
+class BrokenExportError(EngineError):
+    """onnxruntime could not open a graph of an export folder (truncated, damaged)."""
+
+
+class NoExportCacheError(EngineError):
+    """A model has no current ONNX export and nowhere writable to put one."""
 
 
 def import_ort():
@@ -135,11 +149,16 @@ class OnnxBackend:
                                          "1" if spinning_allowed() else "0")
         options.add_session_config_entry("session.force_spinning_stop", "1")
         provider_args = [self.provider_options(p) for p in providers]
-        self.sessions = {
-            part: ort.InferenceSession(str(folder / entry["file"]), sess_options=options,
-                                       providers=list(zip(providers, provider_args, strict=True)))
-            for part, entry in manifest["files"].items()
-        }
+        self.sessions = {}
+        for part, entry in manifest["files"].items():
+            try:
+                self.sessions[part] = ort.InferenceSession(
+                    str(folder / entry["file"]), sess_options=options,
+                    providers=list(zip(providers, provider_args, strict=True)))
+            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types
+                first = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise BrokenExportError(f"The ONNX graph {folder / entry['file']} cannot be "
+                                        f"loaded ({first[:200]}).") from error
         self.device = self.sessions["unet"].get_providers()[0]
         lower_torch_threads_for_onnx()
         log.info("onnx backend: %s, %d intra-op threads, %s graphs from %s", self.device,
@@ -165,13 +184,32 @@ class OnnxBackend:
         providers, gpu = pick_providers("cpu" if int8 else device), gpu_index(device)
         precision = "int8" if int8 else "fp16" if providers[0] in GPU_PROVIDERS else "fp32"
         folder, manifest = resolve_export(model, precision)
+        threads = threads or default_threads()
+        if folder == Path(model).expanduser():  # an export folder given directly: the user's
+            return cls(folder, manifest, providers, threads, gpu)
         if manifest is None:
-            log.warning("no current ONNX export of %s: exporting %s graphs into %s (once)",
-                        model, precision, folder)
-            start = time.perf_counter()
-            manifest = export_model(model, folder, precision)
-            log.warning("ONNX export done in %.1f s", time.perf_counter() - start)
-        return cls(folder, manifest, providers, threads or default_threads(), gpu)
+            manifest = cls.export(model, folder, precision)
+            return cls(folder, manifest, providers, threads, gpu)
+        try:
+            return cls(folder, manifest, providers, threads, gpu)
+        except BrokenExportError as error:  # a cached export damaged since: rebuilt once
+            log.warning("%s Deleting the export and exporting again.", error)
+            shutil.rmtree(folder, ignore_errors=True)
+            manifest = cls.export(model, folder, precision)
+            return cls(folder, manifest, providers, threads, gpu)
+
+    @staticmethod
+    def export(model: str, folder: Path, precision: str) -> dict:
+        """Export model into the cache folder, or NoExportCacheError when it is not writable."""
+        if not can_write_export(folder):
+            raise NoExportCacheError(f"No writable place for the ONNX export of {model}: "
+                                     f"{folder.parent} cannot be written.")
+        log.warning("no current ONNX export of %s: exporting %s graphs into %s (once)",
+                    model, precision, folder)
+        start = time.perf_counter()
+        manifest = export_model(model, folder, precision)
+        log.warning("ONNX export done in %.1f s", time.perf_counter() - start)
+        return manifest
 
     # -- protocol --------------------------------------------------------------------------
     def run(self, part: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

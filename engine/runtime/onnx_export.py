@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from engine.api import EngineError
+from engine.api import EngineError, os_error_message
 from engine.pipeline.loading import (
     PipelineParts,
     encode_latents,
@@ -28,6 +29,7 @@ from engine.pipeline.loading import (
     resolve_model_dir,
 )
 from engine.pipeline.text import encode_tokens
+from engine.untrusted import read_json_file
 
 OPSET = 17
 MANIFEST = "manifest.json"
@@ -37,6 +39,8 @@ WEIGHT_PARTS = ("unet", "vae", "text_encoder", "model_index.json", "student.json
 # (engine/runtime/onnx_quantize.py), the fastest on small CPUs. Each has its own folder.
 PRECISIONS = ("fp32", "fp16", "int8")
 FOLDER_NAMES = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+OWNER_FILE = ".owner"  # in a staging folder: the exporting process's id
+STALE_STAGING_S = 3600  # a staging folder without an owner file is left alone this long
 
 
 class TextGraph(torch.nn.Module):
@@ -210,16 +214,25 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32",
     # fp16 graphs are traced on the GPU when there is one (CPU half kernels are slow).
     device = "cuda" if fp16 and torch.cuda.is_available() else "cpu"
     parts = load_pipeline(model, device=device, dtype=torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as error:
+        raise EngineError(f"ONNX export not written: {os_error_message(error, out, 'write')}"
+                          ) from error
+    try:
+        staging.chmod(0o755)
+        (staging / OWNER_FILE).write_text(str(os.getpid()))
         manifest = export_parts(parts, staging, fp16=fp16, opset=opset, device=device)
         if precision == "int8":
             from engine.runtime.onnx_quantize import quantize_export
 
             manifest = quantize_export(staging, manifest)
+        for entry in manifest["files"].values():  # checked on load: a truncated copy differs
+            entry["bytes"] = (staging / entry["file"]).stat().st_size
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (staging / OWNER_FILE).unlink()
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -227,17 +240,56 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32",
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, EngineError):
             raise
+        if isinstance(error, OSError):
+            raise EngineError(f"ONNX export not written: "
+                              f"{os_error_message(error, out, 'write')}") from error
         raise EngineError(f"ONNX export of {model} failed: {type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else ''}") from error
     return manifest
 
 
-def read_manifest(folder: Path) -> dict | None:
-    """The manifest of an export folder, or None when missing or unreadable."""
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (psutil where present, else signal 0)."""
     try:
-        return json.loads((Path(folder) / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        import psutil
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+
+
+def sweep_staging(out: Path) -> list[Path]:
+    """Delete the staging folders of exports into out that were killed midway: their owner
+    process is gone (or, with no owner file, they are over an hour old). Returns them."""
+    swept = []
+    for folder in out.parent.glob(f".{out.name}-*"):
+        try:
+            owner = (folder / OWNER_FILE).read_text().strip()
+            stale = not (owner.isdigit() and process_alive(int(owner)))
+        except OSError:
+            try:
+                stale = time.time() - folder.stat().st_mtime > STALE_STAGING_S
+            except OSError:
+                continue
+        if folder.is_dir() and stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder)
+    return swept
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of an export folder, or None when missing, unreadable or over the limits."""
+    try:
+        manifest = read_json_file(Path(folder) / MANIFEST)
+    except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def is_current(folder: Path, model_dir: Path, precision: str = "fp32") -> bool:
@@ -247,8 +299,13 @@ def is_current(folder: Path, model_dir: Path, precision: str = "fp32") -> bool:
         return False
     if precision_of(manifest) != precision:
         return False
-    files = [folder / entry["file"] for entry in manifest.get("files", {}).values()]
-    if len(files) != 4 or not all(f.is_file() for f in files):
+    try:
+        files = {folder / entry["file"]: entry.get("bytes")
+                 for entry in manifest.get("files", {}).values()}
+        if len(files) != 4 or not all(file.is_file() and size in (None, file.stat().st_size)
+                                      for file, size in files.items()):
+            return False  # a file missing or of another size than exported: truncated
+    except (AttributeError, KeyError, TypeError, OSError):
         return False
     return manifest.get("source_fingerprint") == source_fingerprint(model_dir)
 
@@ -263,6 +320,15 @@ def cache_dir_for(model_dir: Path, precision: str = "fp32") -> Path:
         return local
     key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "dmd-studio" / "onnx" / f"{key}-{name}"
+
+
+def can_write_export(folder: Path) -> bool:
+    """Whether an export can be written to folder: its parent can be made and written."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return _writable(folder.parent)
 
 
 def _writable(folder: Path) -> bool:
@@ -281,6 +347,8 @@ def resolve_export(model: str | Path, precision: str = "fp32") -> tuple[Path, di
         return path, manifest  # an export folder passed directly
     model_dir = resolve_model_dir(str(model))
     folder = cache_dir_for(model_dir, precision)
+    with contextlib.suppress(OSError):
+        sweep_staging(folder)
     return folder, read_manifest(folder) if is_current(folder, model_dir, precision) else None
 
 

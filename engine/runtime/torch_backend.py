@@ -31,6 +31,7 @@ class TorchBackend:
     """Runs the stages of a loaded pipeline with PyTorch."""
 
     name = "torch"
+    notice = ""  # why it runs instead of the backend asked for (create_backend's fallback)
 
     def __init__(self, parts: PipelineParts, device: str, cuda_graphs: bool = True):
         self.parts = parts

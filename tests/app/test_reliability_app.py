@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, PngImagePlugin
 
 from app.settings import AppSettings, history_folder, load_settings, settings_path
@@ -71,3 +73,21 @@ def test_the_settings_path_is_the_one_the_readme_names(qapp, monkeypatch, tmp_pa
     assert settings_path() == tmp_path / "dmd-studio" / "DMD Studio" / "settings.json"
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     assert "`~/.config/dmd-studio/DMD Studio/settings.json`" in readme
+
+
+def test_onnx_with_no_writable_cache_opens_on_pytorch_with_a_notice(
+        qtbot, make_window, isolated_settings, tiny_student_dir, tmp_path, monkeypatch,
+        read_only):
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    model = read_only(shutil.copytree(tiny_student_dir, tmp_path / "student"))
+    monkeypatch.setenv("HOME", str(read_only(tmp_path / "home")))
+    isolated_settings.write_text(json.dumps({"backend": "onnx"}))
+    messages = []
+    window = make_window(model_dir=model)
+    window.engine_tab.status_message.connect(messages.append)
+    qtbot.waitUntil(lambda: window.engine.backend_name == "torch", timeout=60_000)
+    assert window.engine.has_generator
+    assert any("Running PyTorch instead" in text for text in
+               [*messages, window.statusBar().currentMessage()]), messages

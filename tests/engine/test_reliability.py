@@ -8,9 +8,7 @@ measured in a fresh process.
 from __future__ import annotations
 
 import base64
-import builtins
 import errno
-import io
 import json
 import os
 import struct
@@ -38,10 +36,19 @@ from tests.engine.test_cli import assert_clean_error, run_cli, run_in_process
 NESTED = "[" * 100_000 + "]" * 100_000  # 200 KB that used to raise RecursionError
 
 
+PEAK_MIB = """
+try:  # this process's own peak: ru_maxrss may include the memory of the parent it forked from
+    peak = [int(line.split()[1]) for line in open("/proc/self/status")
+            if line.startswith("VmHWM:")][0]
+except OSError:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("peak", peak // 1024)
+"""
+
+
 def peak_mb_of(code: str, *args: str) -> tuple[int, str]:
     """Run code in a fresh interpreter; (its peak resident MiB, its stdout)."""
-    script = (f"import resource, sys\n{code}\n"
-              "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    script = f"import resource, sys\n{code}\n{PEAK_MIB}"
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
@@ -173,48 +180,6 @@ def test_os_errors_read_as_one_sentence_with_path_and_cause(code, words):
     assert words in os_error_message(OSError(code, os.strerror(code), "/r/x"))
 
 
-@pytest.fixture
-def read_only(monkeypatch):
-    """read_only(folder): writes under folder fail with EROFS, as on a read-only mount (a
-    chmod alone does not stop root)."""
-    roots: list[str] = []
-
-    def blocked(path) -> bool:
-        try:
-            path = os.path.abspath(os.fsdecode(path))
-        except TypeError:
-            return False
-        return any(path == root or path.startswith(root + os.sep) for root in roots)
-
-    def refuse(path):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
-
-    def guard(original, is_write):
-        def wrapper(path, *args, **kwargs):
-            if blocked(path) and is_write(*args, **kwargs):
-                refuse(path)
-            return original(path, *args, **kwargs)
-        return wrapper
-
-    def writes_flags(flags=0, *rest, **kwargs):
-        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-
-    def writes_mode(mode="r", *rest, **kwargs):
-        return isinstance(mode, str) and any(c in mode for c in "wax+")
-
-    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, lambda *a, **k: True))
-    monkeypatch.setattr(os, "open", guard(os.open, writes_flags))
-    monkeypatch.setattr(builtins, "open", guard(builtins.open, writes_mode))
-    monkeypatch.setattr(io, "open", builtins.open)
-
-    def make(folder: Path) -> Path:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        roots.append(os.path.abspath(folder))
-        return Path(folder)
-
-    return make
-
-
 def test_distill_into_a_read_only_folder_is_one_line(tiny_model_dir, tmp_path, capsys,
                                                      read_only):
     locked = read_only(tmp_path / "locked")
@@ -296,3 +261,92 @@ def test_a_recipe_round_trip_is_unchanged_by_the_limits(tmp_path):
     again = read_recipe(path).request()
     assert (again.prompt, again.seed, again.steps, again.guidance, again.teacher_steps) == \
         ("cat face", 5, 2, 7.5, 20)
+
+
+# -- 3, 4, 7. the ONNX export cache ---------------------------------------------------------
+@pytest.fixture
+def student_copy(tmp_path, tiny_student_dir):
+    """A private copy of the tiny student: the onnx backends export into it."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    return shutil.copytree(tiny_student_dir, tmp_path / "student")
+
+
+def test_a_damaged_cached_export_is_deleted_and_rebuilt_once(student_copy, caplog):
+    from engine.runtime import create_backend
+    from engine.runtime.onnx_backend import BrokenExportError, OnnxBackend
+
+    create_backend(str(student_copy), "onnx", "cpu")
+    unet = student_copy / "onnx" / "unet.onnx"
+    size = unet.stat().st_size
+    unet.write_bytes(unet.read_bytes()[: size // 2])  # truncated: its size no longer matches
+    backend = create_backend(str(student_copy), "onnx", "cpu")
+    assert unet.stat().st_size == size and backend.name == "onnx"
+    unet.write_bytes(b"\0" * size)  # damaged at the same size: found by the load attempt
+    caplog.clear()
+    backend = create_backend(str(student_copy), "onnx", "cpu")
+    assert unet.stat().st_size == size and backend.name == "onnx"
+    assert backend.decode(torch_zeros_latents(backend)).shape[-1] == backend.image_size
+    warnings = [r.getMessage() for r in caplog.records if "cannot be loaded" in r.getMessage()]
+    assert len(warnings) == 1 and "exporting again" in warnings[0]
+    unet.write_bytes(b"\0" * size)  # an export folder given directly is the user's: reported
+    with pytest.raises(BrokenExportError, match="unet.onnx cannot be loaded"):
+        OnnxBackend.load(str(student_copy / "onnx"), "cpu")
+
+
+def torch_zeros_latents(backend):
+    import torch
+
+    return torch.zeros(1, backend.latent_channels, backend.latent_size, backend.latent_size)
+
+
+def test_staging_folders_of_killed_exports_are_swept(student_copy):
+    from engine.runtime.onnx_export import OWNER_FILE, resolve_export
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead, alive = int(finished.stdout), os.getpid()
+    folders = {}
+    for name, owner, age_s in (("killed", dead, 0), ("running", alive, 0),
+                               ("old", None, 7200), ("young", None, 0)):
+        folder = student_copy / f".onnx-{name}"
+        folder.mkdir()
+        (folder / "unet.onnx").write_bytes(b"\0" * 4096)  # a partly written graph
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(str(owner))
+        if age_s:
+            os.utime(folder, (folder.stat().st_atime - age_s, folder.stat().st_mtime - age_s))
+        folders[name] = folder
+    resolve_export(student_copy)  # what every onnx load does first
+    assert {name for name, folder in folders.items() if folder.exists()} == {"running", "young"}
+
+
+def test_with_no_writable_cache_the_onnx_backends_fall_back_to_pytorch(
+        student_copy, tmp_path, monkeypatch, read_only, caplog, capsys):
+    from engine.runtime import create_backend
+
+    read_only(student_copy)
+    monkeypatch.setenv("HOME", str(read_only(tmp_path / "home")))
+    for name in ("onnx", "onnx-int8"):
+        caplog.clear()
+        backend = create_backend(str(student_copy), name, "cpu")
+        assert backend.name == "torch"
+        notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert notes == [f"No writable place for the ONNX export of {student_copy}: "
+                         f"{tmp_path / 'home' / '.cache' / 'dmd-studio' / 'onnx'} cannot be "
+                         "written. Running PyTorch instead."]
+    out = tmp_path / "out.png"
+    result = run_in_process(capsys, "generate", "--model", student_copy, "--backend", "onnx",
+                            "--prompt", "red apple", "--out", out)
+    assert result.returncode == 0 and out.is_file(), result.stderr
+    assert not list(student_copy.glob(".onnx*")) and not (student_copy / "onnx").exists()
+
+
+def test_export_onnx_into_a_read_only_folder_is_one_line(tiny_model_dir, tmp_path, capsys,
+                                                         read_only):
+    locked = read_only(tmp_path / "locked")
+    result = run_in_process(capsys, "export-onnx", "--model", tiny_model_dir, "--out",
+                            locked / "onnx")
+    assert_clean_error(result, f"ONNX export not written: Could not write {locked / 'onnx'}: "
+                               "the file system is read-only.")
