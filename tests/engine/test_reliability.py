@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import os
 import struct
@@ -98,11 +99,13 @@ def test_a_recipe_of_deeply_nested_json_is_one_clear_error(tmp_path):
 
 
 # -- 2. pixel counts and prompt length ------------------------------------------------------
-def test_a_3kb_recipe_embedding_a_13000px_image_stays_under_200_mib(tmp_path):
-    bomb = base64.b64encode(png_declaring(13_000, 13_000)).decode("ascii")
+def test_a_28kb_recipe_embedding_a_13000px_image_stays_under_200_mib(tmp_path):
+    buffer = io.BytesIO()  # 13,000 x 13,000 black pixels compress to 20 KB (1.8 GiB decoded)
+    Image.new("1", (13_000, 13_000)).save(buffer, format="PNG", optimize=True)
+    bomb = base64.b64encode(buffer.getvalue()).decode("ascii")
     path = tmp_path / "bomb.png"
     save_with_recipe_text(path, recipe_text(mode="edit", init_image=bomb, strength=0.5))
-    assert path.stat().st_size < 3_000
+    assert path.stat().st_size < 30_000
     peak, out = peak_mb_of(
         "from engine.api import EngineError\nfrom engine.recipe import read_recipe\n"
         "try:\n    read_recipe(sys.argv[1])\nexcept EngineError as error:\n    print(error)",
