@@ -1,4 +1,5 @@
-"""`python -m engine eval`: score a model on the held-out emoji captions (fd, alignment, top5)."""
+"""`python -m engine eval`: score a model on the held-out emoji captions (fd, alignment, top5)
+and, with the emoji recognizer, on plain names and hand-written phrases (recall, phrase)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--evaluator", type=Path, default=ASSETS_DIR / "evaluator",
                         help="evaluator folder (default: the shipped one in "
                              "assets/models/evaluator; train-evaluator makes others)")
+    parser.add_argument("--recognizer", type=Path, default=ASSETS_DIR / "recognizer",
+                        help="emoji recognizer folder for recall_* and phrase_* (default: the "
+                             "shipped one; train-recognizer makes others)")
+    parser.add_argument("--recall-names", type=int, default=500,
+                        help="score recall on a fixed sample of this many emoji names (0: skip)")
+    parser.add_argument("--phrases", type=int, default=-1,
+                        help="score the first N hand-written evaluation prompts (-1: all 412, "
+                             "0: skip)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sketch", action="store_true",
@@ -49,8 +58,10 @@ def run(args) -> int:
     from engine.eval.metrics import generate_images, pipeline_generator, score_images
     from engine.eval.sketch_metrics import mean_stroke_f1
 
-    if (args.steps is not None and args.steps < 1) or args.teacher_steps < 0 or args.limit < 0:
-        raise EngineError("--steps must be positive and --teacher-steps, --limit not negative.")
+    if (args.steps is not None and args.steps < 1) or min(args.teacher_steps, args.limit,
+                                                          args.recall_names) < 0:
+        raise EngineError("--steps must be positive and --teacher-steps, --limit, "
+                          "--recall-names not negative.")
     timesteps = parse_timesteps(args.timesteps) if args.timesteps else None
     if timesteps and args.steps not in (None, len(timesteps)):
         raise EngineError(f"--steps {args.steps} disagrees with the {len(timesteps)} "
@@ -79,6 +90,10 @@ def run(args) -> int:
         images, seconds = generate_images(generate_one, captions, args.seed,
                                           sketches if args.sketch else None)
     scores = score_images(evaluator, images, pooled, real)
+    if args.recall_names or args.phrases:
+        draw = None if args.real else (lambda prompts: generate_images(
+            generate_one, prompts, args.seed)[0])
+        scores.update(recall_results(args, data, draw))
     result = {"model": str(model), "images": len(captions), **scores,
               "sketch_f1": mean_stroke_f1(sketches, images), "sketch": args.sketch,
               "sharpness": sharpness(images, real),
@@ -90,3 +105,41 @@ def run(args) -> int:
         for key, value in result.items():
             print(f"{key:>18}: {value}")
     return 0
+
+
+def recall_results(args, data, draw) -> dict:
+    """recall_top1/top5 on plain names and phrase_top1/top5 on the evaluation prompts, with
+    their per-group tables; draw(prompts) makes the images (None: the real renders)."""
+    from engine.embedded.dataset import base_caption
+    from engine.embedded.phrases import load_eval_phrases, load_phrase_table
+    from engine.eval.recall import RecallSet, name_set, phrase_set, recall_scores
+    from engine.eval.recognizer import load_recognizer
+
+    recognizer = load_recognizer(args.recognizer)
+    classes = recognizer.config.classes
+    group_of = {caption: entry.group for caption, entry in load_phrase_table().items()}
+    first_image = {}
+    for index, caption in enumerate(data.captions):
+        first_image.setdefault(base_caption(caption), index)
+    results = {}
+    sets = {}
+    if args.recall_names:
+        sets["recall"] = name_set(classes, group_of, args.recall_names)
+    if args.phrases:
+        sets["phrase"] = phrase_set(load_eval_phrases(), classes, max(args.phrases, 0))
+    for name, recall_set in sets.items():
+        if draw is None:  # the real render of an accepted emoji, where the dataset has one
+            keep = [i for i, ok in enumerate(recall_set.accepted)
+                    if classes[ok[0]] in first_image]
+            recall_set = RecallSet(*([values[i] for i in keep] for values in (
+                recall_set.prompts, recall_set.accepted, recall_set.groups)))
+            if not keep:
+                continue
+            images = data.images[[first_image[classes[ok[0]]] for ok in recall_set.accepted]]
+        else:
+            images = draw(recall_set.prompts)
+        scores = recall_scores(recognizer, images, recall_set)
+        results.update({f"{name}_top1": scores["top1"], f"{name}_top5": scores["top5"],
+                        f"{name}_count": len(recall_set.prompts),
+                        f"{name}_by_group": scores["by_group"]})
+    return results

@@ -22,7 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from engine.api import EngineError
 from engine.embedded.atomic import atomic_save_folder
-from engine.embedded.latents import TEXT_MAX_LENGTH, LatentCache, encode_captions
+from engine.embedded.latents import (
+    TEXT_MAX_LENGTH,
+    LatentCache,
+    caption_phrasings,
+    encode_captions,
+    encode_phrasings,
+)
 
 PACK_KIND = "dmd-studio-latent-pack"
 PACK_VERSION = 2  # 2: probe images for the encoder check
@@ -109,11 +115,14 @@ def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict,
     manifest = {"kind": PACK_KIND, "version": PACK_VERSION, "count": len(cache),
                 "text_max_length": text_encoder.max_length, **meta}
 
+    phrases = caption_phrasings(list(cache.captions))
+
     def write(temp: Path) -> None:
         save_file(tensors, str(temp / "latents.safetensors"))
-        manifest["vocab_size"] = write_pruned_text_encoder(
-            text_encoder, list(cache.captions) + [""], temp)
+        texts = [text for texts in phrases for text in texts]
+        manifest["vocab_size"] = write_pruned_text_encoder(text_encoder, texts + [""], temp)
         (temp / "captions.json").write_text(json.dumps(cache.captions, ensure_ascii=False))
+        (temp / "phrases.json").write_text(json.dumps(phrases, ensure_ascii=False))
         (temp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     atomic_save_folder(Path(folder), write)
@@ -183,14 +192,19 @@ def load_pack_latents(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
 
 
 def load_pack(folder: Path, device: str = "cpu") -> LatentCache:
-    """The pack as a LatentCache; caption states are recomputed with its pruned text encoder."""
+    """The pack as a LatentCache; the states of its captions' phrasings (phrases.json, else
+    the captions alone) are recomputed with its pruned text encoder."""
     folder = Path(folder)
     pack_manifest(folder)
     tensors = load_file(str(folder / "latents.safetensors"))
     captions = pack_captions(folder, "all")
+    phrases_file = folder / "phrases.json"
+    phrases = (json.loads(phrases_file.read_text(encoding="utf-8")) if phrases_file.is_file()
+               else [[c] for c in captions])
     text_encoder = load_pack_text_encoder(folder, device)
-    token_states, pooled = encode_captions(text_encoder, captions)
+    states, pooled, starts, counts = encode_phrasings(text_encoder, phrases)
     null_states, null_pooled = encode_captions(text_encoder, [""])
     return LatentCache(tensors["latents"].float(), tensors["sketch_latents"].float(),
-                       token_states.half(), pooled, null_states[0], null_pooled[0],
-                       tensors["heldout"].bool(), tensors["variant"].bool(), captions)
+                       states, pooled, null_states[0], null_pooled[0],
+                       tensors["heldout"].bool(), tensors["variant"].bool(), captions,
+                       starts, counts)

@@ -168,7 +168,8 @@ def augmented_accuracy(model: Recognizer, banks: list[torch.Tensor], labels: tor
     for _ in range(rounds):
         for start in range(0, len(labels), 256):
             ids = torch.arange(start, min(start + 256, len(labels)))
-            ranks = model(augmented_batch(banks, ids, g)).topk(5, dim=1).indices
+            logits = model(augmented_batch(banks, ids, g))
+            ranks = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = ranks == labels[ids, None]
             top1 += int(hits[:, 0].sum())
             top5 += int(hits.any(1).sum())
