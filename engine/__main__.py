@@ -21,6 +21,7 @@ COMMANDS = {
     "train-autoencoder": "engine.cli.train_autoencoder",
     "train-evaluator": "engine.cli.train_evaluator",
     "train-recognizer": "engine.cli.train_recognizer",
+    "smoothing": "engine.cli.smoothing",
 }
 
 

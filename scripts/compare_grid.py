@@ -10,16 +10,12 @@ python scripts/compare_grid.py --teacher DIR --student DIR --out docs/NAME.png
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from model_grids import heldout_columns, write_grid
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from model_grids import heldout_columns, write_grid  # noqa: E402
 
 
 def main() -> int:

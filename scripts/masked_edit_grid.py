@@ -8,16 +8,13 @@ python scripts/masked_edit_grid.py --data data/emoji --out docs/masked-edit.png
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from model_grids import write_grid
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from model_grids import write_grid  # noqa: E402
 
 IMAGES = ("house", "cat face", "grinning face")
 TINT = (255, 0, 255)

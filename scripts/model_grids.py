@@ -9,14 +9,12 @@ Without --teacher-steps the model runs as a student (--steps, default 1).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 COLUMNS = 8
 LABEL_HEIGHT = 14
