@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--phrases", type=int, default=-1,
                         help="score the first N hand-written evaluation prompts (-1: all 412, "
                              "0: skip)")
+    parser.add_argument("--recall-only", action="store_true",
+                        help="score recall_* and phrase_* alone (no dataset or evaluator needed)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sketch", action="store_true",
@@ -52,11 +54,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from engine.embedded.dataset import load_dataset
-    from engine.embedded.decoder_gan import sharpness
-    from engine.embedded.latents import encode_captions, load_minilm
-    from engine.eval.evaluator import load_evaluator
-    from engine.eval.metrics import generate_images, pipeline_generator, score_images
-    from engine.eval.sketch_metrics import mean_stroke_f1
+    from engine.eval.metrics import generate_images, pipeline_generator
 
     if (args.steps is not None and args.steps < 1) or min(args.teacher_steps, args.limit,
                                                           args.recall_names) < 0:
@@ -66,45 +64,58 @@ def run(args) -> int:
     if timesteps and args.steps not in (None, len(timesteps)):
         raise EngineError(f"--steps {args.steps} disagrees with the {len(timesteps)} "
                           "--timesteps; give one of them.")
-    evaluator = load_evaluator(args.evaluator)
-    data = load_dataset(args.data)
-    ids = [i for i, held in enumerate(data.heldout) if held]
-    if args.limit:
-        ids = ids[:args.limit]
-    if len(ids) < 2:
-        raise EngineError("Scoring needs at least two held-out images in the dataset.")
-    captions = [data.captions[i] for i in ids]
-    real = data.images[ids]
-    _, pooled = encode_captions(load_minilm(), captions)
-    steps = args.steps
-    sketches = data.sketches[ids]
-    if args.real:
-        images, seconds, model = real, 0.0, "real"
-    else:
+    if args.recall_only and args.real:
+        raise EngineError("--recall-only scores generated images; --real needs the dataset.")
+    generate_one, steps, model = None, args.steps, "real"
+    if not args.real:
         from engine.cli.common import model_or_default
 
         model = model_or_default(args.model)
         generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
-                                                 args.guidance, args.device, real.shape[1],
+                                                 args.guidance, args.device, 128,
                                                  args.backend, timesteps, sketches=args.sketch)
-        images, seconds = generate_images(generate_one, captions, args.seed,
-                                          sketches if args.sketch else None)
-    scores = score_images(evaluator, images, pooled, real)
+    result = {"model": str(model), "steps": steps, "teacher_steps": args.teacher_steps,
+              "guidance": args.guidance}
+    data = None
+    if not args.recall_only:
+        data = load_dataset(args.data)
+        result.update(heldout_results(args, data, generate_one))
     if args.recall_names or args.phrases:
-        draw = None if args.real else (lambda prompts: generate_images(
-            generate_one, prompts, args.seed)[0])
-        scores.update(recall_results(args, data, draw))
-    result = {"model": str(model), "images": len(captions), **scores,
-              "sketch_f1": mean_stroke_f1(sketches, images), "sketch": args.sketch,
-              "sharpness": sharpness(images, real),
-              "seconds_per_image": seconds, "steps": steps,
-              "teacher_steps": args.teacher_steps, "guidance": args.guidance}
+        draw = generate_one and (lambda prompts: generate_images(generate_one, prompts,
+                                                                 args.seed)[0])
+        result.update(recall_results(args, data, draw))
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:>18}: {value}")
     return 0
+
+
+def heldout_results(args, data, generate_one) -> dict:
+    """fd, alignment, top5/top1, sketch_f1, sharpness and timing on the held-out captions."""
+    from engine.embedded.decoder_gan import sharpness
+    from engine.embedded.latents import encode_captions, load_minilm
+    from engine.eval.evaluator import load_evaluator
+    from engine.eval.metrics import generate_images, score_images
+    from engine.eval.sketch_metrics import mean_stroke_f1
+
+    evaluator = load_evaluator(args.evaluator)
+    ids = [i for i, held in enumerate(data.heldout) if held]
+    if args.limit:
+        ids = ids[:args.limit]
+    if len(ids) < 2:
+        raise EngineError("Scoring needs at least two held-out images in the dataset.")
+    captions = [data.captions[i] for i in ids]
+    real, sketches = data.images[ids], data.sketches[ids]
+    _, pooled = encode_captions(load_minilm(), captions)
+    images, seconds = real, 0.0
+    if generate_one is not None:
+        images, seconds = generate_images(generate_one, captions, args.seed,
+                                          sketches if args.sketch else None)
+    return {"images": len(captions), **score_images(evaluator, images, pooled, real),
+            "sketch_f1": mean_stroke_f1(sketches, images), "sketch": args.sketch,
+            "sharpness": sharpness(images, real), "seconds_per_image": seconds}
 
 
 def recall_results(args, data, draw) -> dict:
@@ -119,7 +130,7 @@ def recall_results(args, data, draw) -> dict:
     classes = recognizer.config.classes
     group_of = {caption: entry.group for caption, entry in load_phrase_table().items()}
     first_image = {}
-    for index, caption in enumerate(data.captions):
+    for index, caption in enumerate(data.captions if data is not None else []):
         first_image.setdefault(base_caption(caption), index)
     results = {}
     sets = {}

@@ -53,6 +53,7 @@ def run(args) -> int:
     from engine.embedded.export import export_model_folder, write_sample_grid
     from engine.embedded.latents import cached_or_built
     from engine.embedded.pack import check_pack_vae, is_pack, load_pack
+    from engine.embedded.phrases import suggestions
     from engine.embedded.teacher import TeacherConfig, TeacherTrainer, parameter_count
 
     checkpoints = prepare_run(args)
@@ -103,7 +104,7 @@ def run(args) -> int:
     def export() -> None:
         export_model_folder(trainer.ema, vae_dir, args.out / "model",
                             {"teacher_steps": trainer.step, "batch": config.batch}, pack_dir,
-                            prompts=trainer.cache.captions)
+                            prompts=suggestions(trainer.cache.captions))
 
     if args.export_only:
         export()

@@ -197,3 +197,14 @@ def training_phrasings(captions: list[str], table_path: Path = PHRASE_TABLE,
     table = load_phrase_table(table_path)
     excluded = excluded_prompts(eval_path)
     return [phrasings(c, table, excluded) for c in captions]
+
+
+def suggestions(captions: list[str], table_path: Path = PHRASE_TABLE) -> list[str]:
+    """Prompt suggestions for a model trained on captions: every caption and every name and
+    keyword of its emoji ("flag of Japan", "coffee"), sorted without duplicates."""
+    names = list(captions)
+    if Path(table_path).is_file():
+        table = load_phrase_table(table_path)
+        entries = [e for e in map(table.get, map(base_caption, captions)) if e]
+        names += [name for e in entries for name in (*e.names, *e.keywords)]
+    return sorted(set(names))

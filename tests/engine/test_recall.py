@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +159,13 @@ def test_teacher_draws_each_images_own_phrasings(share):
     at_caption = float((rows == start)[count == 5].float().mean())
     assert at_caption == pytest.approx(share + (1 - share) / 5, abs=0.04)
     assert cache.caption_rows(torch.tensor([0, 1, 2])).tolist() == [0, 1, 4]
+
+
+def test_suggestions_add_the_emojis_names_and_keywords():
+    from engine.embedded.phrases import suggestions
+
+    listed = suggestions(["red apple", "Japan", "hot beverage"])
+    assert {"red apple", "apple", "flag of Japan", "Japan flag", "coffee"} <= set(listed)
+    assert listed == sorted(set(listed))
+    shipped = (Path(__file__).parents[2] / "assets/models/student/prompts.txt").read_text()
+    assert {"coffee", "flag of Japan", "red apple"} <= set(shipped.splitlines())
