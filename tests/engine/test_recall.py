@@ -60,7 +60,8 @@ def test_phrase_table_covers_every_emoji_in_a_known_group():
     bases = {base_caption(caption) for _, caption in list_emoji()}
     assert len(table) >= 1900 and set(table) <= bases
     assert {entry.group for entry in table.values()} == set(GROUPS)
-    assert table["soccer ball"].group == "activities" and "football" in table["soccer ball"].keywords
+    soccer = table["soccer ball"]
+    assert soccer.group == "activities" and "football" in soccer.keywords
 
 
 def test_evaluation_prompts_cover_every_group_and_are_unseen_in_training():
