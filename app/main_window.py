@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QObject, QTimer
+from PySide6.QtCore import QByteArray, QLibraryInfo, QObject, QTimer
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QApplication, QMainWindow, QTabWidget, QWidget
 
@@ -157,6 +158,47 @@ def has_display() -> bool:
     return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
+# Debian/Ubuntu packages whose libraries (with their dependencies) Qt's xcb platform plugin
+# needs; a fresh system may lack some (libxcb-cursor0 since Qt 6.5).
+XCB_PACKAGES = ("libxcb-cursor0", "libxkbcommon-x11-0", "libxcb-icccm4", "libxcb-keysyms1",
+                "libxcb-shape0", "libxcb-randr0", "libxcb-render-util0", "libxcb-image0",
+                "libegl1", "libgl1")
+
+
+def uses_xcb() -> bool:
+    """Whether Qt will open its window through the xcb (X11) platform plugin: on Linux, when
+    QT_QPA_PLATFORM names xcb, or names nothing on an X11 display outside a Wayland session."""
+    if not sys.platform.startswith("linux"):
+        return False
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform:
+        return platform.split(";")[0].split(":")[0].strip() == "xcb"
+    wayland = bool(os.environ.get("WAYLAND_DISPLAY")) \
+        and os.environ.get("XDG_SESSION_TYPE", "").lower() == "wayland"
+    return bool(os.environ.get("DISPLAY")) and not wayland
+
+
+def xcb_plugin_error() -> str | None:
+    """Why Qt's xcb platform plugin cannot load (the dynamic loader's message: usually a
+    missing system library), or None when it loads. Qt itself aborts the process in that case,
+    so the plugin is loaded here first, where the failure can be reported."""
+    plugins = Path(QLibraryInfo.path(QLibraryInfo.LibraryPath.PluginsPath))
+    plugin = plugins / "platforms" / "libqxcb.so"
+    if not plugin.is_file():
+        return f"{plugin} is missing"
+    try:
+        ctypes.CDLL(str(plugin))
+    except OSError as error:
+        return str(error)
+    return None
+
+
+def xcb_error_message(reason: str) -> str:
+    return (f"error: Qt's xcb platform plugin cannot load ({reason}); on Debian or Ubuntu "
+            f"install its libraries with sudo apt-get install {' '.join(XCB_PACKAGES)} "
+            "(or run with QT_QPA_PLATFORM=offscreen for no window).")
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Wire QApplication, settings, the live engine and the main window; run the event loop."""
     options = parse_arguments(sys.argv[1:] if argv is None else argv)
@@ -166,6 +208,11 @@ def run_app(argv: list[str] | None = None) -> int:
                   "or set QT_QPA_PLATFORM=offscreen.", file=sys.stderr)
             return 2
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
+    elif uses_xcb() and (reason := xcb_plugin_error()):
+        if not options.screenshot:
+            print(xcb_error_message(reason), file=sys.stderr)
+            return 2
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
     name_application()
     application = QApplication.instance() or QApplication([sys.argv[0]])
     settings, notice = load_settings()

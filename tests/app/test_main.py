@@ -90,3 +90,59 @@ def test_no_display_is_a_one_line_error_and_exit_2():
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no display" in lines[0]
+
+
+def test_an_unloadable_xcb_plugin_names_the_packages_and_exits_2(monkeypatch, capsys):
+    import app.main_window as main_window
+
+    monkeypatch.setattr(main_window.sys, "platform", "linux")
+    monkeypatch.setenv("DISPLAY", ":0")
+    for name in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    loaded = []
+
+    def missing_library(path, *args, **kwargs):
+        loaded.append(path)
+        raise OSError("libxcb-cursor.so.0: cannot open shared object file: No such file or "
+                      "directory")
+
+    def no_window(*args, **kwargs):
+        raise AssertionError("the window must not be built")
+
+    monkeypatch.setattr(main_window.ctypes, "CDLL", missing_library)
+    monkeypatch.setattr(main_window, "MainWindow", no_window)
+    assert main_window.run_app([]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Qt's xcb platform plugin")
+    assert "libxcb-cursor.so.0" in lines[0]
+    assert all(package in lines[0] for package in main_window.XCB_PACKAGES)
+    assert [Path(path).name for path in loaded] == ["libqxcb.so"]
+    assert "QT_QPA_PLATFORM" not in os.environ
+
+
+def test_the_xcb_check_runs_only_where_qt_will_use_xcb(monkeypatch):
+    from app.main_window import uses_xcb
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    for name in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY", "DISPLAY", "XDG_SESSION_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert uses_xcb()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert not uses_xcb()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb:nograb")
+    assert uses_xcb()
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    monkeypatch.setenv("XDG_SESSION_TYPE", "wayland")
+    assert not uses_xcb()  # Qt opens a Wayland window there
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    assert not uses_xcb()
+
+
+def test_the_xcb_plugin_probe_reports_the_loader_or_nothing():
+    from app.main_window import xcb_plugin_error
+
+    reason = xcb_plugin_error()  # this machine's real plugin: loads, or names what it lacks
+    assert reason is None or ".so" in reason
