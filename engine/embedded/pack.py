@@ -29,9 +29,10 @@ from engine.embedded.latents import (
     encode_captions,
     encode_phrasings,
 )
+from engine.embedded.phrases import excluded_prompts
 
 PACK_KIND = "dmd-studio-latent-pack"
-PACK_VERSION = 2  # 2: probe images for the encoder check
+PACK_VERSION = 3  # 2: probe images for the encoder check; 3: phrasings, eval prompts' words
 PROBE_IMAGES = 2  # images kept in the pack to check an autoencoder's encoder against
 PROBE_TOLERANCE = 0.05  # max |latent difference| (unit-variance latents, fp16 storage)
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -119,7 +120,8 @@ def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict,
 
     def write(temp: Path) -> None:
         save_file(tensors, str(temp / "latents.safetensors"))
-        texts = [text for texts in phrases for text in texts]
+        # the evaluation prompts' wordpieces too, so that eval tokenises them as MiniLM does
+        texts = [text for texts in phrases for text in texts] + sorted(excluded_prompts())
         manifest["vocab_size"] = write_pruned_text_encoder(text_encoder, texts + [""], temp)
         (temp / "captions.json").write_text(json.dumps(cache.captions, ensure_ascii=False))
         (temp / "phrases.json").write_text(json.dumps(phrases, ensure_ascii=False))
@@ -192,15 +194,13 @@ def load_pack_latents(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
 
 
 def load_pack(folder: Path, device: str = "cpu") -> LatentCache:
-    """The pack as a LatentCache; the states of its captions' phrasings (phrases.json, else
-    the captions alone) are recomputed with its pruned text encoder."""
+    """The pack as a LatentCache; the states of its captions' phrasings (phrases.json) are
+    recomputed with its pruned text encoder."""
     folder = Path(folder)
     pack_manifest(folder)
     tensors = load_file(str(folder / "latents.safetensors"))
     captions = pack_captions(folder, "all")
-    phrases_file = folder / "phrases.json"
-    phrases = (json.loads(phrases_file.read_text(encoding="utf-8")) if phrases_file.is_file()
-               else [[c] for c in captions])
+    phrases = json.loads((folder / "phrases.json").read_text(encoding="utf-8"))
     text_encoder = load_pack_text_encoder(folder, device)
     states, pooled, starts, counts = encode_phrasings(text_encoder, phrases)
     null_states, null_pooled = encode_captions(text_encoder, [""])
