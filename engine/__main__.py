@@ -1,4 +1,4 @@
-"""Command line: python -m engine <command> ... (see README.md, "CLI reference")."""
+"""Command line: python -m engine <command> ... (reference: docs/cli.md)."""
 
 from __future__ import annotations
 
