@@ -134,7 +134,8 @@ class DistillPanel(QGroupBox):
                                 "fine-tuning, where the critic starts as the teacher. Default 0.")
         self.ema_spin = spin(0.0, 0.9999, values.ema_decay, "Decay of a moving average of the "
                              "student's weights, used for student/ and the samples; 0 turns it "
-                             "off. 0.99 steadied one-step fine-tuning here. Default 0.",
+                             "off. 0.99 steadies one-step fine-tuning of the embedded student. "
+                             "Default 0.",
                              decimals=4, step=0.01)
         self.out_edit = QLineEdit(values.out_dir)
         self.out_edit.setPlaceholderText("runs/distill-<time> (a new run folder)")

@@ -30,8 +30,9 @@ from engine.api import (
 ResultCallback = Callable[[GenerateResult], None]
 # The live tab's preview_above_ms: one frame at 30 FPS. The estimate comes from frames made
 # between keystrokes, which cost more than back-to-back ones on a shared host (an idle gap
-# tripled the decoder's time here), so it errs towards previews. Measured with the embedded
-# student on 2 cores (docs/benchmarks.md): onnx-int8 then shows mostly full two-step frames
+# has tripled the decoder's time on a 2-core VM), so it errs towards previews. Measured with
+# the embedded student on 2 cores (docs/benchmarks.md): onnx-int8 then shows mostly full
+# two-step frames
 # and onnx mostly previews, keystroke p50 24.6-28.1 ms either way.
 DIRECT_FRAME_MS = 33.0
 

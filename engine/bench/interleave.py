@@ -1,7 +1,7 @@
 """Backends side by side in one process, their calls alternating round by round.
 
-Separate runs a minute apart can differ by 25% on a shared host whose speed drifts (measured
-here: the same fp32 UNet call at 9.7 and 12.6 ms in one session). Alternating the backends
+Separate runs a minute apart can differ by 25% on a shared host whose speed drifts (the same
+fp32 UNet call has read 9.7 and 12.6 ms minutes apart in one process). Alternating the backends
 call by call exposes them to the same drift, so their ratios hold where absolute figures
 do not.
 """

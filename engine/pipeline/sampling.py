@@ -73,7 +73,7 @@ def gaussian_blur(latents: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) latents over H and W, edges replicated; sigma
     in latent pixels (0: unchanged). The one-step frame's latents carry more fine detail than
     the teacher's (its x0 at t = 999 amplifies the UNet's noise 14.6x), which a blur of about
-    half a latent pixel removes (docs/benchmarks.md, session 8)."""
+    half a latent pixel removes (docs/benchmarks.md, "The one-step blur")."""
     if sigma <= 0:
         return latents
     radius = max(1, math.ceil(3 * sigma))
