@@ -32,8 +32,7 @@ ResultCallback = Callable[[GenerateResult], None]
 # between keystrokes, which cost more than back-to-back ones on a shared host (an idle gap
 # has tripled the decoder's time on a 2-core VM), so it errs towards previews. Measured with
 # the embedded student on 2 cores (docs/benchmarks.md): onnx-int8 then shows mostly full
-# two-step frames
-# and onnx mostly previews, keystroke p50 24.6-28.1 ms either way.
+# two-step frames and onnx mostly previews, keystroke p50 24.6-28.1 ms either way.
 DIRECT_FRAME_MS = 33.0
 
 
