@@ -188,6 +188,7 @@ class TeacherTrainer:
         self.unet.load_state_dict(state)
         self.ema.load_state_dict(state)
 
+    @torch.no_grad()
     def update_ema(self) -> None:
         """EMA with the usual warm-up: decay = min(ema_decay, (1 + n) / (10 + n))."""
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
