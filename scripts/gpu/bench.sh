@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First call of a two-call GPU session (runs ON the device, from the repo root; see
+# First call of the two-call refine on a remote GPU host (runs ON the host, from the repo root; see
 # docs/gpu-session.md, "Refining the shipped student"): installs the carried wheels into
 # /tmp/site and stages the latent pack in /tmp/dmd (both stay while the machine is warm, for
 # scripts/gpu/refine.sh), then benchmarks the SD-1.5-shaped frame into $OUT.

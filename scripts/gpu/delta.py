@@ -1,4 +1,4 @@
-"""Carry UNet weights to and from a lent GPU in less room: xz files and fp16 deltas.
+"""Carry UNet weights to and from a remote GPU host in less room: xz files and fp16 deltas.
 
 A fine-tuned student differs from its teacher by ~5% of each weight, so its fp16 difference
 compresses to 25 MB where the weights themselves take 31 MB (xz); teacher + delta rebuilds

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Prepare a lent GPU session (run here, from the repo root, on the CPU machine): the emoji
+# Prepare a remote GPU run (run locally, from the repo root, on the CPU machine): the emoji
 # latent pack in .gpu/pack and the wheels the GPU image lacks in .whl (both git-ignored).
-# Then call the device tool with: command "bash scripts/gpu/session.sh", carry [".gpu", ".whl"].
-# `prepare.sh refine` also writes .gpu/models for the two-call refine session instead
+# Then run on the GPU host: command "bash scripts/gpu/session.sh", carrying .gpu and .whl.
+# `prepare.sh refine` also writes .gpu/models for the two-call refine instead
 # (docs/gpu-session.md).
 set -euo pipefail
 [ -f data/emoji/manifest.json ] || python -m engine data emoji --out data/emoji

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Second call of a two-call GPU session (runs ON the device after scripts/gpu/bench.sh on the
+# Second call of the two-call refine on a remote GPU host (runs ON the host after scripts/gpu/bench.sh on the
 # same warm machine): rebuilds the shipped teacher and student from the carried .gpu/models
-# (teacher-unet.xz, student-delta.xz; made by scripts/gpu/prepare_refine.sh), continues
+# (teacher-unet.xz, student-delta.xz; made by `scripts/gpu/prepare.sh refine`), continues
 # one-step DMD2 from the student at a GPU batch, and sends back the final student and the
 # middle checkpoint's raw (not EMA) weights as fp16 deltas to the teacher (15 MiB parts) plus logs and samples.
 # Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT, CRITIC_WARMUP, EMA.
-# Session 5 ran BATCH=128 at ~1.2 steps/s, probably bound by kernel launches (not profiled; a 17M UNet
+# The first H100 run (2026-11-26) ran BATCH=128 at ~1.2 steps/s, probably bound by kernel launches (not profiled; a 17M UNet
 # on 16x16 latents), so a larger batch should cost little more time per step.
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}; PY=${PY:-python3}

@@ -1,10 +1,10 @@
-"""Turn what a GPU session sent back ($OUT of scripts/gpu/session.sh) into model folders here.
+"""Turn what a remote GPU run sent back ($OUT of scripts/gpu/session.sh) into local model folders.
 
 python scripts/gpu/unpack.py FILES_AT [--into runs]
 -> from session.sh: runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package),
    runs/gpu-student/student (loadable student); from refine.sh: runs/gpu-refine/student and
    runs/gpu-refine/student-middle (the shipped teacher + the deltas that came back); plus the
-   sessions' logs, samples and metrics.
+   runs' logs, samples and metrics.
 """
 
 from __future__ import annotations
