@@ -119,7 +119,8 @@ class Recipe:
             return recipe
         except (ArithmeticError, ValueError, TypeError, OSError, InvalidRequestError,
                 Image.DecompressionBombError) as error:
-            raise EngineError(f"The image's DMD Studio recipe is damaged ({error}).") from error
+            reason = str(error).rstrip(".")
+            raise EngineError(f"The image's DMD Studio recipe is damaged ({reason}).") from error
 
 
 IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L"}  # stored as PNGs

@@ -114,6 +114,43 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     assert result["steps"] == 4  # the model's own count when --steps is not given
     assert result["fd"] > 1e-3  # blank images are far from the real ones
     assert result["seconds_per_image"] >= 0 and result["images"] == 6
+    # recall: 500 names and every hand-written prompt, all drawn blank, so almost none hit
+    assert result["recall_count"] == 500 and result["phrase_count"] >= 300
+    assert result["recall_top1"] < 0.05 and result["phrase_top5"] < 0.1
+    assert sum(g["count"] for g in result["recall_by_group"].values()) == 500
+    assert "flags" in result["phrase_by_group"]
+
+
+KNOWN = ["red apple", "rocket", "penguin", "soccer ball", "ghost", "guitar", "cat face",
+         "red heart", "pizza", "hot beverage", "Japan", "sun"]
+
+
+def test_eval_recall_only_needs_no_dataset_and_real_renders_score_high(tmp_path, capsys,
+                                                                      monkeypatch):
+    import engine.eval.metrics as metrics
+    from engine.embedded.dataset import DEFAULT_FONT, list_emoji, load_font, render_emoji
+
+    if not DEFAULT_FONT.is_file():
+        pytest.skip("needs the Noto Color Emoji font (fonts-noto-color-emoji)")
+    font, char_of = load_font(None), {caption: char for char, caption in list_emoji()}
+
+    def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend,
+                                timesteps, sketches):
+        def draw(prompt, seed):
+            if prompt in KNOWN:
+                return render_emoji(char_of[prompt], font)
+            return np.full((size, size, 3), 255, np.uint8)
+        return draw, 2
+
+    monkeypatch.setattr(metrics, "pipeline_generator", fake_pipeline_generator)
+    code = main(["eval", "--model", str(tmp_path), "--recall-only", "--recall-names", "1904",
+                 "--phrases", "0", "--json", "--data", str(tmp_path / "no-data")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    assert "fd" not in result and "phrase_top1" not in result
+    assert result["recall_count"] == 1904
+    # the twelve rendered names are recognised (a blank image may hit by chance once or twice)
+    assert len(KNOWN) - 1 <= result["recall_top1"] * 1904 <= len(KNOWN) + 2
 
 
 def test_timesteps_replace_the_students_schedule(tiny_student_dir):
