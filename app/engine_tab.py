@@ -37,7 +37,7 @@ def onnx_backend_available() -> bool:
 
 def embedded_model() -> str | None:
     """The shipped default model folder (student, else teacher), or None."""
-    from engine.pipeline.loading import default_model
+    from engine.runtime.loading import default_model
 
     return default_model()
 

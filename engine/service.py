@@ -74,8 +74,8 @@ class ImageGenerator(Protocol):
 def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto"):
     """Load a model folder (default: the embedded student) on a backend, warmed up."""
     from engine.pipeline.generator import Generator
-    from engine.pipeline.loading import default_model
     from engine.runtime import create_backend
+    from engine.runtime.loading import default_model
 
     model = model or default_model()
     if model is None:

@@ -108,8 +108,8 @@ def write_gif(frames: list[Image.Image], durations: list[int], out: Path) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     from engine.pipeline.generator import Generator
-    from engine.pipeline.loading import default_model
     from engine.runtime import create_backend
+    from engine.runtime.loading import default_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -33,8 +33,8 @@ def main() -> int:
     from engine.api import GenerateRequest
     from engine.embedded.dataset import load_dataset
     from engine.pipeline.generator import Generator
-    from engine.pipeline.loading import default_model
     from engine.runtime import create_backend
+    from engine.runtime.loading import default_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data/emoji")

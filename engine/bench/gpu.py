@@ -78,7 +78,7 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
     decoded; frame() reads only tensors allocated here, so one CUDA graph can capture it.
     set_prompt(p) refreshes the text input in place: the token ids when the text encoder is
     inside the frame, else its states, encoded eagerly."""
-    from engine.pipeline.text import encode_tokens
+    from engine.runtime.text import encode_tokens
 
     parts, device, dtype = backend.parts, backend.device, backend.dtype
     encoder, schedule = parts.text_encoder, backend.schedule

@@ -69,7 +69,7 @@ class TeacherView:
 def find_teacher(student_config: dict, model_dir: Path) -> Path | None:
     """student.json's "teacher" when it names a local model folder or the embedded teacher."""
     from engine.api import EngineError
-    from engine.pipeline.loading import HUB_ID_PATTERN, resolve_model_dir
+    from engine.runtime.loading import HUB_ID_PATTERN, resolve_model_dir
 
     name = str(student_config.get("teacher") or "")
     if not name:

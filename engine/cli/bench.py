@@ -88,7 +88,7 @@ def run(args) -> int:
         return 0
     from engine.bench.report import live_report
     from engine.bench.runner import bench
-    from engine.pipeline.loading import default_model
+    from engine.runtime.loading import default_model
 
     model = args.model or default_model()
     if model is None:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from engine.api import BACKENDS, EngineError, os_error_message
-from engine.pipeline.loading import default_model
+from engine.runtime.loading import default_model
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 

@@ -165,7 +165,7 @@ def prepare_config(args):
     heavy import, so that bad input fails in a second with one line."""
     from engine.distill.checkpoint import latest_checkpoint
     from engine.distill.config import DistillConfig
-    from engine.pipeline.loading import check_layout, resolve_model_dir
+    from engine.runtime.loading import check_layout, resolve_model_dir
 
     config, given = config_from_args(args)
     if "student_timesteps" in given:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.api import BACKENDS, EngineError
 from engine.cli.common import parse_timesteps
-from engine.pipeline.loading import ASSETS_DIR
+from engine.runtime.loading import ASSETS_DIR
 
 
 def add_parser(subparsers) -> None:

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine.pipeline.loading import resolve_model_dir
+    from engine.runtime.loading import resolve_model_dir
     from engine.runtime.onnx_export import OPSET, cache_dir_for, export_model
 
     model_dir = resolve_model_dir(args.model)

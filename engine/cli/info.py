@@ -6,7 +6,7 @@ import argparse
 import json
 
 from engine.cli.common import model_or_default
-from engine.pipeline.loading import read_prompt_suggestions
+from engine.runtime.loading import read_prompt_suggestions
 
 
 def count_parameters(module) -> int:
@@ -76,7 +76,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.loading import load_pipeline
     from engine.runtime.torch_backend import pick_device
 
     if args.image:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.api import BACKENDS, EngineError
-from engine.pipeline.loading import ASSETS_DIR
+from engine.runtime.loading import ASSETS_DIR
 
 DEFAULT_SIGMAS = "0,0.3,0.4,0.5,0.6,0.7,0.8,1.0"
 

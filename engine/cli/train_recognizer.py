@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.api import EngineError
-from engine.pipeline.loading import ASSETS_DIR
+from engine.runtime.loading import ASSETS_DIR
 
 
 def add_parser(subparsers) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from engine.pipeline.schedule import NoiseSchedule
+from engine.diffusion.schedule import NoiseSchedule
 
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

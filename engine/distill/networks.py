@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from engine.pipeline.schedule import NoiseSchedule
-from engine.pipeline.text import TextEmbedding
+from engine.diffusion.schedule import NoiseSchedule
+from engine.runtime.text import TextEmbedding
 
 
 class ScoreNetwork(nn.Module):

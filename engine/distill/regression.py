@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from engine.diffusion.sampling import ddim_sample
+from engine.diffusion.schedule import NoiseSchedule, ddim_timesteps
 from engine.distill.data import step_generator
 from engine.distill.networks import ScoreNetwork, cfg_x0_function
-from engine.pipeline.sampling import ddim_sample
-from engine.pipeline.schedule import NoiseSchedule, ddim_timesteps
-from engine.pipeline.text import TextEmbedding, TextEncoder
+from engine.runtime.text import TextEmbedding, TextEncoder
 
 CACHE_NAME = "regression_pairs.pt"
 

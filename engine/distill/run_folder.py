@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.pipeline.loading import PROMPTS_FILE
+from engine.runtime.loading import PROMPTS_FILE
 
 STATIC_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer")
 

@@ -12,7 +12,7 @@ from engine.api import EngineError
 from engine.distill.checkpoint import latest_checkpoint
 from engine.distill.config import DistillConfig
 from engine.distill.networks import CriticNetwork, ScoreNetwork, add_lora
-from engine.pipeline.loading import PipelineParts, load_pipeline
+from engine.runtime.loading import PipelineParts, load_pipeline
 
 
 def quiet_libraries() -> None:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.api import EngineError
+from engine.diffusion.sampling import ddim_sample, multistep_sample
+from engine.diffusion.schedule import ddim_timesteps
 from engine.distill.data import (
     data_folder,
     encode_images,
@@ -26,8 +28,6 @@ from engine.distill.regression import (
 )
 from engine.distill.run_folder import export_student, save_grid
 from engine.embedded.pack import is_pack, load_pack_latents, pack_manifest
-from engine.pipeline.sampling import ddim_sample, multistep_sample
-from engine.pipeline.schedule import ddim_timesteps
 
 if TYPE_CHECKING:
     from engine.distill.trainer import DistillTrainer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from engine.pipeline.generator import LruCache
-from engine.pipeline.text import TextEmbedding, TextEncoder
+from engine.runtime.text import TextEmbedding, TextEncoder
 
 
 class CaptionEmbeddings:

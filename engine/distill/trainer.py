@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError
+from engine.diffusion.schedule import student_timesteps
 from engine.distill import checkpoint as ckpt
 from engine.distill import setup
 from engine.distill.config import DistillConfig
@@ -43,8 +44,7 @@ from engine.distill.progress import ProgressReporter
 from engine.distill.run_folder import RunFolder
 from engine.distill.stages import RunAssets, export_student_folder, prepare_assets, sample_grid
 from engine.distill.text_cache import CaptionEmbeddings
-from engine.pipeline.schedule import student_timesteps
-from engine.pipeline.text import TextEmbedding
+from engine.runtime.text import TextEmbedding
 
 
 def student_schedule(config: DistillConfig, num_train_timesteps: int) -> list[int]:

@@ -15,7 +15,7 @@ from engine.embedded.atomic import atomic_save_folder
 from engine.embedded.autoencoder import load_autoencoder, to_uint8
 from engine.embedded.latents import TEXT_MAX_LENGTH, TEXT_PACKAGE
 from engine.embedded.teacher import SCHEDULER_CONFIG
-from engine.pipeline.loading import PROMPTS_FILE
+from engine.runtime.loading import PROMPTS_FILE
 
 
 def model_index(image_size: int = 128, own_text_encoder: bool = False) -> dict:

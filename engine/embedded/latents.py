@@ -50,7 +50,7 @@ class LatentCache:
 
 
 def load_minilm(device: str = "cpu"):
-    from engine.pipeline.text import load_text_encoder
+    from engine.runtime.text import load_text_encoder
 
     return load_text_encoder(None, TEXT_PACKAGE, TEXT_MAX_LENGTH, device, torch.float32)
 

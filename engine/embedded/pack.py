@@ -165,7 +165,7 @@ def check_pack_vae(folder: Path, vae_dir: Path) -> None:
 
 
 def load_pack_text_encoder(folder: Path, device: str = "cpu"):
-    from engine.pipeline.text import load_text_encoder
+    from engine.runtime.text import load_text_encoder
 
     manifest = pack_manifest(folder)
     return load_text_encoder(Path(folder), None, manifest.get("text_max_length", TEXT_MAX_LENGTH),

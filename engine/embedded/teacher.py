@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.diffusion.schedule import NoiseSchedule
 from engine.embedded import checkpoint as ckpt
 from engine.embedded.latents import LatentCache
-from engine.pipeline.schedule import NoiseSchedule
 
 SCHEDULER_CONFIG = {
     "_class_name": "DDIMScheduler",
@@ -247,8 +247,8 @@ def sample_latents(unet, schedule: NoiseSchedule, cache: LatentCache, ids: torch
                    steps: int = 25, guidance: float = 4.0, use_sketch: bool = False,
                    seed: int = 0) -> torch.Tensor:
     """DDIM (trailing spacing) + CFG latents for cached captions (and their sketches)."""
-    from engine.pipeline.sampling import ddim_sample
-    from engine.pipeline.schedule import ddim_timesteps
+    from engine.diffusion.sampling import ddim_sample
+    from engine.diffusion.schedule import ddim_timesteps
 
     device = next(unet.parameters()).device
     rows = cache.caption_rows(ids)

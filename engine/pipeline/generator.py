@@ -13,17 +13,17 @@ import torch
 from PIL import Image
 
 from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
-from engine.pipeline.loading import read_prompt_suggestions
-from engine.pipeline.masking import composite, keep_outside, mask_weights
-from engine.pipeline.sampling import (
+from engine.diffusion.sampling import (
     ddim_sample,
     edit_start,
     gaussian_blur,
     multistep_sample,
     teacher_start,
 )
-from engine.pipeline.schedule import ddim_timesteps, student_timesteps, x0_from_eps
-from engine.pipeline.text import TextEmbedding
+from engine.diffusion.schedule import ddim_timesteps, student_timesteps, x0_from_eps
+from engine.pipeline.masking import composite, keep_outside, mask_weights
+from engine.runtime.loading import read_prompt_suggestions
+from engine.runtime.text import TextEmbedding
 from engine.untrusted import MAX_PROMPT_CHARS, check_request, clean_prompt
 
 
@@ -108,8 +108,12 @@ def interruptible(x0_fn, interrupt: Callable[[], bool] | None):
 class Generator:
     """One model on one backend; generate() runs text -> UNet step(s) -> decode."""
 
-    def __init__(self, backend, text_cache_size: int = 256, latent_cache_size: int = 16):
+    def __init__(self, backend, teacher_backend: Callable[[], object] | None = None,
+                 text_cache_size: int = 256, latent_cache_size: int = 16):
+        """teacher_backend() loads a student's teacher for teacher_steps requests (default:
+        the backend's own load_teacher; None when it has none)."""
         self.backend = backend
+        self.load_teacher = teacher_backend or getattr(backend, "load_teacher", None)
         self.schedule = backend.schedule
         self.text_cache = LruCache(text_cache_size)
         self.latent_cache = LruCache(latent_cache_size)
@@ -151,14 +155,10 @@ class Generator:
         if not self.is_student:
             return self
         if self._teacher is None:
-            from engine.runtime import create_backend, requested_device
-
-            teacher_id = str(self.backend.student_config.get("teacher") or "")
-            if not teacher_id:
-                raise InvalidRequestError("This student's student.json names no teacher to "
-                                          "compare with.")
-            self._teacher = Generator(create_backend(teacher_id, self.backend.name,
-                                                     requested_device(self.backend)))
+            if self.load_teacher is None:
+                raise InvalidRequestError("This student was loaded without a way to load its "
+                                          "teacher.")
+            self._teacher = Generator(self.load_teacher())
             self._teacher.text_cache = self.text_cache
         return self._teacher
 

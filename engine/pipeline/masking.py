@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from engine.api import InvalidRequestError
-from engine.pipeline.sampling import gaussian_blur
+from engine.diffusion.sampling import gaussian_blur
 
 # Feather of the pixel composite, as a fraction of the image side (1.5 px at 128 px).
 FEATHER = 1.5 / 128

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from engine.api import BACKENDS, ONNX_BACKENDS, EngineError
+from engine.api import BACKENDS, ONNX_BACKENDS, EngineError, InvalidRequestError
 
 # "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
 # its export takes seconds and its frames are ~2x faster than eager torch there
@@ -46,10 +46,19 @@ def requested_device(backend) -> str:
     return PROVIDER_DEVICES.get(device, device)
 
 
+def load_teacher_backend(backend):
+    """The backend of a student's teacher (its student.json "teacher"): the same runtime on
+    the device the student runs on."""
+    teacher_id = str(backend.student_config.get("teacher") or "")
+    if not teacher_id:
+        raise InvalidRequestError("This student's student.json names no teacher to compare with.")
+    return create_backend(teacher_id, backend.name, requested_device(backend))
+
+
 def choose_backend(model: str, device: str = "auto") -> str:
     """What "auto" means for this model and device: onnx on a CPU for a small model (or an
     onnx export folder), torch on CUDA or for a big model."""
-    from engine.pipeline.loading import resolve_model_dir
+    from engine.runtime.loading import resolve_model_dir
     from engine.runtime.torch_backend import pick_device
 
     if pick_device(device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import torch
 
-from engine.pipeline.schedule import NoiseSchedule
-from engine.pipeline.text import TextEmbedding
+from engine.diffusion.schedule import NoiseSchedule
+from engine.runtime.text import TextEmbedding
 
 
 class Backend(Protocol):
@@ -38,6 +38,9 @@ class Backend(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images (B, 3, H, W) in [-1, 1]."""
+
+    def load_teacher(self) -> Backend:
+        """A student's teacher (student.json "teacher") on the same runtime and device."""
 
     def warm_up(self) -> None:
         """Run every stage once so the first real frame is not slow."""

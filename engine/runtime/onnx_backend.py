@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from engine.api import EngineError, ModelLoadError
-from engine.pipeline.schedule import NoiseSchedule
-from engine.pipeline.text import TextEmbedding, resolve_package_model_path
+from engine.diffusion.schedule import NoiseSchedule
 from engine.runtime import lower_torch_threads_for_onnx
 from engine.runtime.onnx_export import (
     can_write_export,
@@ -26,6 +25,7 @@ from engine.runtime.onnx_export import (
     precision_of,
     resolve_export,
 )
+from engine.runtime.text import TextEmbedding, resolve_package_model_path
 
 log = logging.getLogger("engine.runtime.onnx")
 
@@ -172,6 +172,12 @@ class OnnxBackend:
         if provider == "CUDAExecutionProvider":
             return {"device_id": self.gpu}
         return {}
+
+    def load_teacher(self):
+        """The student's teacher (student.json "teacher") on this runtime and device."""
+        from engine.runtime import load_teacher_backend
+
+        return load_teacher_backend(self)
 
     @classmethod
     def load(cls, model: str, device: str = "auto", threads: int | None = None,

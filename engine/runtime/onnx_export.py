@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError, os_error_message
-from engine.pipeline.loading import (
+from engine.runtime.loading import (
     PipelineParts,
     encode_latents,
     load_pipeline,
     resolve_model_dir,
 )
-from engine.pipeline.text import encode_tokens
+from engine.runtime.text import encode_tokens
 from engine.untrusted import read_json_file
 
 OPSET = 17

@@ -9,9 +9,9 @@ from functools import partial
 import torch
 
 from engine.api import EngineError
-from engine.pipeline.loading import PipelineParts, encode_latents, load_pipeline
-from engine.pipeline.text import TextEmbedding, encode_tokens
 from engine.runtime.cuda_graphs import GraphedCall, graphs_wanted, new_memory_pool
+from engine.runtime.loading import PipelineParts, encode_latents, load_pipeline
+from engine.runtime.text import TextEmbedding, encode_tokens
 
 TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -61,6 +61,12 @@ class TorchBackend:
             if parts.text_encoder.is_clip:
                 self._clip_text_call = GraphedCall(partial(clip_text_forward, parts),
                                                    "the text encoder", pool)
+
+    def load_teacher(self):
+        """The student's teacher (student.json "teacher") on this runtime and device."""
+        from engine.runtime import load_teacher_backend
+
+        return load_teacher_backend(self)
 
     @classmethod
     def load(cls, model: str, device: str = "auto", cuda_graphs: bool = True) -> TorchBackend:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 ALLOWED_ENGINE_MODULES = {"engine.api", "engine.recipe", "engine.service", "engine.untrusted",
-                          "engine.pipeline.loading"}
+                          "engine.runtime.loading"}
 FORBIDDEN_PACKAGES = {"torch", "diffusers", "transformers", "onnxruntime", "accelerate"}
 
 

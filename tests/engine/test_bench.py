@@ -137,7 +137,7 @@ def test_tiny_sd_arch_runs_every_cpu_variant():
 def test_no_model_gives_a_clear_error(monkeypatch):
     from engine.cli import bench
 
-    monkeypatch.setattr("engine.pipeline.loading.default_model", lambda: None)
+    monkeypatch.setattr("engine.runtime.loading.default_model", lambda: None)
     args = bench_args(model=None)
     with pytest.raises(EngineError, match="--model"):
         bench.run(args)

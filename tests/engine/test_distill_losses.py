@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.diffusion.schedule import NoiseSchedule
 from engine.distill.losses import (
     CriticDenoisingLoss,
     DistributionMatchingLoss,
@@ -16,7 +17,6 @@ from engine.distill.losses import (
     RegressionLoss,
 )
 from engine.distill.networks import GanClassifierHead
-from engine.pipeline.schedule import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.from_config({"beta_schedule": "scaled_linear"})
 

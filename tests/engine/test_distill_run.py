@@ -104,7 +104,7 @@ def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, r
 def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_dir, tmp_path,
                                                                     one_thread):
     from engine.distill.setup import build_networks
-    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.loading import load_pipeline
 
     four = tmp_path / "four"
     assert run_trainer(tiny_config(tiny_model_dir, four, steps=2, method="dmd2",
@@ -126,7 +126,7 @@ def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_di
 def test_init_from_a_student_folder_starts_the_student_there_and_the_critic_at_the_teacher(
         tiny_model_dir, tmp_path, one_thread):
     from engine.distill.setup import build_networks
-    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.loading import load_pipeline
 
     first = tmp_path / "first"
     assert run_trainer(tiny_config(tiny_model_dir, first, steps=2, checkpoint_every=2)) == 2
@@ -170,8 +170,8 @@ def test_critic_warmup_trains_the_critic_alone_first(tiny_model_dir, tmp_path, o
 
 
 def test_v_prediction_teacher_runs_one_step(tmp_path, one_thread):
-    from engine.pipeline.loading import load_pipeline
     from engine.pipeline.tiny import build_tiny_pipeline
+    from engine.runtime.loading import load_pipeline
 
     teacher = build_tiny_pipeline(tmp_path / "v_teacher", prediction_type="v_prediction")
     out = tmp_path / "run"
@@ -227,7 +227,7 @@ def test_bad_values_fail_with_one_line_and_exit_code_2(tmp_path, tiny_model_dir,
 
 def test_sigterm_saves_a_loadable_checkpoint_and_student(tiny_model_dir, tmp_path):
     from engine.distill.checkpoint import latest_checkpoint
-    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.loading import load_pipeline
 
     out = tmp_path / "run"
     process = subprocess.Popen(
@@ -360,7 +360,7 @@ def test_a_students_export_carries_its_teachers_prompt_suggestions(tiny_model_di
     from diffusers import UNet2DConditionModel
 
     from engine.distill.run_folder import export_student
-    from engine.pipeline.loading import read_prompt_suggestions
+    from engine.runtime.loading import read_prompt_suggestions
 
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_model_dir, teacher)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.distill.text_cache import CaptionEmbeddings
-from engine.pipeline.text import TextEmbedding
+from engine.runtime.text import TextEmbedding
 
 
 class CountingEncoder:

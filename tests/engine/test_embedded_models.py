@@ -214,7 +214,7 @@ def test_sharding_respects_the_size_limit(tmp_path):
 
 def test_sampling_and_export_load_as_a_pipeline(tmp_path):
     from engine.embedded.export import export_model_folder
-    from engine.pipeline.loading import load_pipeline
+    from engine.runtime.loading import load_pipeline
 
     cache = fake_cache()
     trainer = TeacherTrainer(cache, tiny_teacher_config())

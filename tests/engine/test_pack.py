@@ -21,7 +21,7 @@ from engine.embedded.pack import (
     pack_captions,
     write_pruned_text_encoder,
 )
-from engine.pipeline.text import load_text_encoder
+from engine.runtime.text import load_text_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDED_VAE = REPO / "assets" / "models" / "teacher" / "vae"

@@ -8,8 +8,8 @@ import torch
 
 from engine.api import GenerateRequest, InvalidRequestError, ModelLoadError
 from engine.pipeline.generator import Generator
-from engine.pipeline.loading import load_pipeline
 from engine.pipeline.tiny import build_tiny_pipeline
+from engine.runtime.loading import load_pipeline
 from engine.runtime.torch_backend import TorchBackend
 
 
@@ -179,6 +179,34 @@ def test_student_compare_routes_to_the_teacher(tmp_path, tiny_model_dir):
     np.testing.assert_array_equal(student.generate(request)[0], teacher.generate(request)[0])
 
 
+def test_a_student_runs_teacher_requests_on_the_teacher_backend_it_is_given(tmp_path,
+                                                                          tiny_model_dir):
+    folder = build_tiny_pipeline(tmp_path / "student", student_timesteps=[999], seed=1)
+    loads = []
+
+    def load_teacher():
+        loads.append(1)
+        return TorchBackend.load(str(tiny_model_dir), "cpu")
+
+    student = Generator(TorchBackend.load(str(folder), "cpu"), teacher_backend=load_teacher)
+    teacher = Generator(TorchBackend.load(str(tiny_model_dir), "cpu"))
+    request = GenerateRequest("cat", seed=2, teacher_steps=2, guidance=3.0)
+    np.testing.assert_array_equal(student.generate(request)[0], teacher.generate(request)[0])
+    student.generate(request)
+    assert loads == [1]  # loaded on first use, then kept
+    assert student.teacher().text_cache is student.text_cache
+
+
+def test_a_student_whose_student_json_names_no_teacher_says_so(tmp_path):
+    folder = build_tiny_pipeline(tmp_path / "student", student_timesteps=[999], seed=1)
+    config = json.loads((folder / "student.json").read_text())
+    del config["teacher"]
+    (folder / "student.json").write_text(json.dumps(config))
+    student = Generator(TorchBackend.load(str(folder), "cpu"))
+    with pytest.raises(InvalidRequestError, match="names no teacher"):
+        student.generate(GenerateRequest("cat", teacher_steps=2))
+
+
 def test_a_teacher_loads_on_the_device_its_student_runs_on():
     from types import SimpleNamespace
 
@@ -200,7 +228,7 @@ def test_torch_rejects_unknown_devices_in_one_sentence(device):
 
 
 def test_embedded_name_without_a_trained_unet_is_a_clear_error(monkeypatch, tmp_path):
-    from engine.pipeline import loading
+    from engine.runtime import loading
 
     monkeypatch.setattr(loading, "ASSETS_DIR", tmp_path)
     (tmp_path / "teacher" / "vae").mkdir(parents=True)
@@ -234,7 +262,7 @@ def test_a_refinement_reuses_its_previews_first_step(tiny_sketch_model_dir):
 
 
 def test_gaussian_blur_keeps_flat_fields_and_damps_fine_detail():
-    from engine.pipeline.sampling import gaussian_blur
+    from engine.diffusion.sampling import gaussian_blur
 
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     assert gaussian_blur(latents, 0.0) is latents
@@ -276,8 +304,8 @@ def test_prompt_suggestions_come_from_the_model_folders_prompts_txt(tiny_model_d
     import shutil
 
     from engine.pipeline.generator import Generator
-    from engine.pipeline.loading import PROMPTS_FILE, read_prompt_suggestions
     from engine.runtime import create_backend
+    from engine.runtime.loading import PROMPTS_FILE, read_prompt_suggestions
 
     assert read_prompt_suggestions(tiny_model_dir) == []
     folder = tmp_path / "with-prompts"
@@ -291,7 +319,7 @@ def test_prompt_suggestions_come_from_the_model_folders_prompts_txt(tiny_model_d
 
 
 def test_the_shipped_models_suggest_their_training_captions():
-    from engine.pipeline.loading import ASSETS_DIR, read_prompt_suggestions
+    from engine.runtime.loading import ASSETS_DIR, read_prompt_suggestions
 
     for model in ("teacher", "student"):
         prompts = read_prompt_suggestions(ASSETS_DIR / model)

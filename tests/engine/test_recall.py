@@ -129,7 +129,7 @@ def test_recognizer_learns_degraded_colours_and_round_trips(tmp_path):
 
 
 def test_shipped_recognizer_knows_the_real_renders():
-    from engine.pipeline.loading import ASSETS_DIR
+    from engine.runtime.loading import ASSETS_DIR
 
     recognizer = load_recognizer(ASSETS_DIR / "recognizer")
     assert isinstance(recognizer, Recognizer)

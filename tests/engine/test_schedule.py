@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from engine.pipeline.sampling import edit_start, teacher_start
-from engine.pipeline.schedule import (
+from engine.diffusion.sampling import edit_start, teacher_start
+from engine.diffusion.schedule import (
     NoiseSchedule,
     ddim_timesteps,
     eps_from_x0,

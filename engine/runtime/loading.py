@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from engine.api import ModelLoadError, os_error_message
-from engine.pipeline.schedule import NoiseSchedule
-from engine.pipeline.text import TextEncoder, load_text_encoder
+from engine.diffusion.schedule import NoiseSchedule
+from engine.runtime.text import TextEncoder, load_text_encoder
 from engine.untrusted import read_json_file
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"

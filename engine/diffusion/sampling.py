@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from engine.pipeline.schedule import NoiseSchedule, eps_from_x0
+from engine.diffusion.schedule import NoiseSchedule, eps_from_x0
 
 X0Fn = Callable[[torch.Tensor, int], torch.Tensor]
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
