@@ -72,11 +72,18 @@ class GenerateRequest:
     preview_above_ms: float = 0.0  # live only: preview only frames expected slower (0: always)
     request_id: int = 0  # set by GenerationService.submit
 
-    def preview(self, sketch_edits: bool = False) -> GenerateRequest | None:
+    def image_to_edit(self, sketch_channels: bool) -> np.ndarray | None:
+        """The image an edit starts from: init_image; without one, on a model without sketch
+        channels (sketch_channels False), the sketch, edited as an image (img2img)."""
+        if self.init_image is not None or sketch_channels:
+            return self.init_image
+        return self.sketch
+
+    def preview(self, sketch_channels: bool = True) -> GenerateRequest | None:
         """The quick first frame of a progressive request, or None when there is none: no
-        preview asked, a teacher request, or an image edit (its steps follow the strength).
-        sketch_edits: the model has no sketch channels, so a sketch is edited like an image."""
-        edited = self.init_image is not None or (sketch_edits and self.sketch is not None)
+        preview asked, a teacher request, or an image edit (its steps follow the strength);
+        sketch_channels: whether the model draws from a sketch (see image_to_edit)."""
+        edited = self.image_to_edit(sketch_channels) is not None
         edits = edited and (self.strength < 1.0 or self.mask is not None)
         if self.teacher_steps or edits or not 0 < self.preview_steps < self.steps:
             return None

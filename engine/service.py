@@ -162,8 +162,7 @@ class GenerationService:
             request, generator = self._take()
             if request is None:
                 return
-            sketch_edits = not getattr(generator.backend, "conditioning_channels", 0)
-            preview = request.preview(sketch_edits)
+            preview = request.preview(bool(getattr(generator.backend, "conditioning_channels", 0)))
             learns = preview is not None  # a plain student frame: its timings predict others
             if learns and self._quick_enough(request):
                 preview = None

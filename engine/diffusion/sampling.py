@@ -11,14 +11,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from engine.diffusion.schedule import NoiseSchedule, eps_from_x0
+from engine.diffusion.schedule import NoiseSchedule, eps_from_x0, timestep_tensor
 
 X0Fn = Callable[[torch.Tensor, int], torch.Tensor]
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
-
-
-def timestep_tensor(t: int, batch: int) -> torch.Tensor:
-    return torch.full((batch,), int(t), dtype=torch.long)
 
 
 def multistep_sample(x0_fn: X0Fn, x_start: torch.Tensor, timesteps: Sequence[int],

@@ -122,6 +122,12 @@ def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torc
     return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
 
+def timestep_tensor(t: int, batch: int, device: torch.device | str | None = None
+                    ) -> torch.Tensor:
+    """Timestep t repeated for a batch: a (batch,) long tensor, the UNet's timestep input."""
+    return torch.full((batch,), int(t), dtype=torch.long, device=device)
+
+
 def student_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
     """Evenly spaced student timesteps from the top: 1 -> [999], 4 -> [999, 749, 499, 249]."""
     if steps < 1:

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from engine.diffusion.guidance import cfg_x0
 from engine.diffusion.schedule import NoiseSchedule
 from engine.runtime.text import TextEmbedding
 
@@ -129,18 +130,16 @@ def cfg_x0_function(teacher: ScoreNetwork, schedule: NoiseSchedule, text: TextEm
     kept in both halves, as at generation time.
     """
 
+    batch = text.token_states.shape[0]
+    token_states = torch.cat([uncond.token_states.expand(batch, -1, -1), text.token_states])
+    pooled = torch.cat([uncond.pooled.expand(batch, -1), text.pooled])
+    cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
+
+    def doubled(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        return teacher(x_in, t_in, token_states, pooled, cond_in)
+
     def x0_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        batch = x_t.shape[0]
-        token_states = torch.cat([uncond.token_states.expand(batch, -1, -1), text.token_states])
-        pooled = torch.cat([uncond.pooled.expand(batch, -1), text.pooled])
-        both_t = torch.cat([t, t])
-        cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
-        x_in = torch.cat([x_t, x_t])
-        output = teacher(x_in, both_t, token_states, pooled, cond_in)
-        eps_uncond, eps_text = schedule.to_eps(output, x_in, both_t).chunk(2)
-        eps = eps_uncond + guidance * (eps_text - eps_uncond)
-        abar = schedule.abar(t, eps)
-        return (x_t.to(eps) - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return cfg_x0(doubled, schedule, x_t, t, guidance)
 
     return x0_fn
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.diffusion.sampling import ddim_sample
-from engine.diffusion.schedule import NoiseSchedule, ddim_timesteps
+from engine.diffusion.schedule import NoiseSchedule, ddim_timesteps, timestep_tensor
 from engine.distill.data import step_generator
 from engine.distill.networks import ScoreNetwork, cfg_x0_function
 from engine.runtime.text import TextEmbedding, TextEncoder
@@ -75,8 +75,7 @@ def make_regression_pairs(teacher: ScoreNetwork, schedule: NoiseSchedule,
         x0_fn = cfg_x0_function(teacher, schedule, text, uncond, None, float(meta["guidance"]))
 
         def sampler_x0(x_t: torch.Tensor, t: int, x0_fn=x0_fn) -> torch.Tensor:
-            t_batch = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
-            return x0_fn(x_t, t_batch)
+            return x0_fn(x_t, timestep_tensor(t, x_t.shape[0], x_t.device))
 
         x_start = noise[start:start + batch].to(device)
         outputs.append(ddim_sample(sampler_x0, x_start, timesteps, schedule).float().cpu())

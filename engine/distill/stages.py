@@ -10,7 +10,7 @@ import torch
 
 from engine.api import EngineError
 from engine.diffusion.sampling import ddim_sample, multistep_sample
-from engine.diffusion.schedule import ddim_timesteps
+from engine.diffusion.schedule import ddim_timesteps, timestep_tensor
 from engine.distill.data import (
     data_folder,
     encode_images,
@@ -226,7 +226,7 @@ def sample_grid(trainer: DistillTrainer, prompts: list[str], path: Path) -> None
     sketch conditioning); every rank runs, main saves."""
     def sample(text, conditioning, x_start, generator):
         def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            return trainer.student_x0(x_t.to(trainer.device), trainer.full_t(t, x_t.shape[0]),
+            return trainer.student_x0(x_t.to(trainer.device), timestep_tensor(t, x_t.shape[0]),
                                       text, conditioning)
 
         def noise_fn(shape: tuple[int, ...]) -> torch.Tensor:
@@ -249,7 +249,7 @@ def teacher_grid(trainer: DistillTrainer, path: Path, ddim_steps: int = 25) -> N
                                  conditioning, trainer.config.guidance)
 
         def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            return x0_cfg(x_t, trainer.full_t(t, x_t.shape[0]))
+            return x0_cfg(x_t, timestep_tensor(t, x_t.shape[0]))
 
         return ddim_sample(x0_fn, x_start, timesteps, trainer.schedule)
 

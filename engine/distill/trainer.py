@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError
-from engine.diffusion.schedule import student_timesteps
+from engine.diffusion.schedule import student_timesteps, timestep_tensor
 from engine.distill import checkpoint as ckpt
 from engine.distill import setup
 from engine.distill.config import DistillConfig
@@ -140,9 +140,6 @@ class DistillTrainer:
                                   conditioning)
         return self.schedule.to_x0(output, x_t, t)
 
-    def full_t(self, t: int, batch: int) -> torch.Tensor:
-        return torch.full((batch,), int(t), dtype=torch.long)
-
     def draw_batch(self, position: int, stream: str) -> tuple[TextEmbedding,
                                                              torch.Tensor | None]:
         """Text (and sketch conditioning, None without sketches) of this rank's batch number
@@ -172,9 +169,9 @@ class DistillTrainer:
         x_t = torch.randn(self.latent_shape(batch), generator=rng).to(self.device)
         with torch.no_grad():
             for position in range(index):
-                x0 = self.student_x0(x_t, self.full_t(self.timesteps[position], batch), text,
+                x0 = self.student_x0(x_t, timestep_tensor(self.timesteps[position], batch), text,
                                      conditioning)
-                next_t = self.full_t(self.timesteps[position + 1], batch)
+                next_t = timestep_tensor(self.timesteps[position + 1], batch)
                 x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), next_t)
         return x_t
 
@@ -192,7 +189,7 @@ class DistillTrainer:
         index = self.pick_index(step_generator(config.seed, step, "shared"))
         text, conditioning = self.draw_batch(step, "prompts")
         x_t = self.simulate_to(index, text, conditioning, rng)
-        t = self.full_t(self.timesteps[index], batch)
+        t = timestep_tensor(self.timesteps[index], batch)
         # One student forward (DDP: one forward per backward) for the DM batch and the
         # regression batch (pure noise at t = 999 -> cached teacher x0, text only).
         x_in, t_in, text_in, cond_in = x_t, t, text, conditioning
@@ -205,7 +202,7 @@ class DistillTrainer:
             reg_noise, reg_text, reg_x0_ref = regression_batch(
                 pairs, pair_ids, self.encode, self.device)
             x_in = torch.cat([x_t, reg_noise])
-            t_in = torch.cat([t, self.full_t(self.timesteps[0], len(pair_ids))])
+            t_in = torch.cat([t, timestep_tensor(self.timesteps[0], len(pair_ids))])
             text_in = TextEmbedding.cat([text, reg_text])
             if conditioning is not None:
                 cond_in = torch.cat([conditioning, conditioning.new_zeros(
@@ -256,7 +253,7 @@ class DistillTrainer:
             text, conditioning = self.draw_batch(position, "critic-prompts")
             with torch.no_grad():
                 x_t = self.simulate_to(index, text, conditioning, rng)
-                t = self.full_t(self.timesteps[index], config.batch)
+                t = timestep_tensor(self.timesteps[index], config.batch)
                 x0 = self.student_x0(x_t, t, text, conditioning)
         x_t, t, target = self.critic_loss.noisy_inputs(x0, rng)
         losses: dict[str, torch.Tensor] = {}

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
+from engine.diffusion.guidance import cfg_x0
 from engine.diffusion.sampling import (
     ddim_sample,
     edit_start,
@@ -20,7 +21,7 @@ from engine.diffusion.sampling import (
     multistep_sample,
     teacher_start,
 )
-from engine.diffusion.schedule import ddim_timesteps, student_timesteps, x0_from_eps
+from engine.diffusion.schedule import ddim_timesteps, student_timesteps, timestep_tensor
 from engine.pipeline.masking import composite, keep_outside, mask_weights
 from engine.runtime.loading import read_prompt_suggestions
 from engine.runtime.text import TextEmbedding
@@ -200,20 +201,18 @@ class Generator:
                     guidance: float = 1.0):
         """Denoiser returning x0; with uncond, classifier-free guidance (Ho & Salimans 2022)."""
         schedule, backend = self.schedule, self.backend
+        both = None if uncond is None else TextEmbedding.cat([uncond, text])
+        cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
+
+        def doubled(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+            return backend.unet(x_in, t_in, both, cond_in)
 
         def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            t_batch = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
+            t_batch = timestep_tensor(t, x_t.shape[0])
             if uncond is None:
                 output = backend.unet(x_t, t_batch, text, conditioning)
                 return schedule.to_x0(output, x_t.to(output.device), t_batch)
-            both = TextEmbedding.cat([uncond, text])
-            x_in = torch.cat([x_t, x_t])
-            cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
-            output = backend.unet(x_in, torch.cat([t_batch, t_batch]), both, cond_in)
-            eps_uncond, eps_text = schedule.to_eps(output, x_in.to(output.device),
-                                                   torch.cat([t_batch, t_batch])).chunk(2)
-            eps = eps_uncond + guidance * (eps_text - eps_uncond)
-            return x0_from_eps(x_t.to(eps), eps, schedule.abar(t_batch, eps))
+            return cfg_x0(doubled, schedule, x_t, t_batch, guidance)
 
         return x0_fn
 
@@ -234,13 +233,11 @@ class Generator:
         sync()
         text_done = time.perf_counter()
 
-        init_image, strength = request.init_image, float(request.strength)
+        strength = float(request.strength)
+        init_image = request.image_to_edit(bool(backend.conditioning_channels))
         conditioning = sketch_key = None
-        if request.sketch is not None:
-            if backend.conditioning_channels:
-                conditioning, sketch_key = self.encode_image(request.sketch, "sketch")
-            elif init_image is None:
-                init_image = request.sketch  # no sketch channels: edit the sketch (img2img)
+        if request.sketch is not None and backend.conditioning_channels:
+            conditioning, sketch_key = self.encode_image(request.sketch, "sketch")
         init_latent = keep_weights = kept = None
         if request.mask is not None:
             if init_image is None:

@@ -159,9 +159,9 @@ def test_previews_only_where_steps_decide_the_image():
                            strength=1.0).preview() is not None
     # A sketch is an edit only on a model without sketch channels, and only below strength 1.
     sketched = GenerateRequest("a", steps=4, preview_steps=1, sketch=image, strength=0.5)
-    assert sketched.preview(sketch_edits=False) is not None
-    assert sketched.preview(sketch_edits=True) is None
-    assert replace(sketched, strength=1.0).preview(sketch_edits=True) is not None
+    assert sketched.preview(sketch_channels=True) is not None
+    assert sketched.preview(sketch_channels=False) is None
+    assert replace(sketched, strength=1.0).preview(sketch_channels=False) is not None
 
 
 @pytest.mark.parametrize("channels, expected_steps", [(0, [4]), (4, [1, 4])])
