@@ -100,15 +100,6 @@ class StageTimings:
     decode_ms: float = 0.0
     total_ms: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "text_ms": self.text_ms,
-            "encode_ms": self.encode_ms,
-            "unet_ms": self.unet_ms,
-            "decode_ms": self.decode_ms,
-            "total_ms": self.total_ms,
-        }
-
 
 @dataclass(frozen=True, eq=False)
 class GenerateResult:

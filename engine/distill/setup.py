@@ -145,7 +145,3 @@ def make_optimizer(parameters, config: DistillConfig, lr: float) -> torch.optim.
     """AdamW(0.9, 0.999), weight decay 0.01 (DMD2 sec. 5; there generator lr = critic lr)."""
     return torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=lr,
                              betas=(0.9, 0.999), weight_decay=config.weight_decay)
-
-
-def trainable_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -95,7 +95,7 @@ def download_hub_model(hub_id: str) -> Path:
     try:
         return Path(snapshot_download(hub_id, allow_patterns=HUB_PATTERNS,
                                       local_files_only=offline))
-    except Exception as error:  # noqa: BLE001 - any hub failure means the same thing here
+    except Exception as error:  # any hub failure means the same thing here
         if offline or "offline" in str(error).lower() or "connect" in str(error).lower():
             raise ModelLoadError(f"The hub model {hub_id!r} is not available offline; download "
                                  "it once while online or pass a local folder.") from error
@@ -122,7 +122,7 @@ def load_component(model_class, folder: Path, dtype: torch.dtype):
     read_json(folder / "config.json")
     try:
         return model_class.from_pretrained(str(folder), torch_dtype=dtype)
-    except Exception as error:  # noqa: BLE001 - corrupt weights surface as many exception types
+    except Exception as error:  # corrupt weights surface as many exception types
         raise ModelLoadError(f"The weights in {folder} are corrupt or unreadable "
                              f"({type(error).__name__}).") from error
 

@@ -155,7 +155,7 @@ class OnnxBackend:
                 self.sessions[part] = ort.InferenceSession(
                     str(folder / entry["file"]), sess_options=options,
                     providers=list(zip(providers, provider_args, strict=True)))
-            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types
+            except Exception as error:  # onnxruntime raises its own types
                 first = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise BrokenExportError(f"The ONNX graph {folder / entry['file']} cannot be "
                                         f"loaded ({first[:200]}).") from error
