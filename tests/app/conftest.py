@@ -55,12 +55,18 @@ def isolated_settings(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_worker_left(no_thread_leak):
+    """Every app test ends with no generation worker running (tests/conftest.py)."""
+    yield
+
+
 @pytest.fixture
-def make_window(qtbot, no_thread_leak):
+def make_window(qtbot):
     """make_window(generator=None, loader=None, distill_command=None) -> a shown MainWindow.
 
     With a generator, the window's model loader returns it and the test waits until the
-    live engine runs it. Windows are closed at teardown, then no_thread_leak checks that
+    live engine runs it. Windows are closed at teardown, before no_worker_left checks that
     no generation worker is left running.
     """
     from app.bridge import LiveEngine

@@ -406,7 +406,7 @@ def test_a_painted_area_edit_sends_a_mask_and_its_recipe_restores_it(qtbot, make
     assert (saved.mask == 0).sum() > 0 and saved.init_image is not None
     path = tmp_path / "masked.png"
     assert tab.save("image", str(path))
-    assert read_recipe(path).mask is not None
+    np.testing.assert_array_equal(read_recipe(path).mask, saved.mask)
 
     tab.masked_box.setChecked(False)
     assert not tab.canvas.show_mask

@@ -40,7 +40,8 @@ def test_typing_key_by_key_ends_with_the_full_prompt_one_request_in_flight(qtbot
     qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
     assert generator.max_active == 1
     assert generator.requests[-1].prompt == "red apple"
-    assert window.live_tab.canvas.frame is not None
+    shade = (sum(map(ord, "red apple")) * 7) % 256  # FakeGenerator's colour for the prompt
+    assert window.live_tab.canvas.frame.pixelColor(3, 5).getRgb()[:3] == (shade,) * 3
     assert "FPS" in window.live_tab.meter.text() and "fake/cpu" in window.live_tab.meter.text()
 
 
@@ -156,7 +157,8 @@ def test_compare_renders_the_teacher_beside_the_student(qtbot, make_window):
     assert teacher_requests[-1].prompt == "red apple"
     assert teacher_requests[-1].seed == generator.requests[-2].seed
     assert "10.0× faster" in tab.compare.summary.text()
-    assert tab.compare.teacher_view.image is not None
+    shade = (sum(map(ord, "red apple")) * 7) % 256  # FakeGenerator's colour for the prompt
+    assert tab.compare.teacher_view.image.pixelColor(3, 5).getRgb()[:3] == (shade,) * 3
     assert last_delivered_request(window).teacher_steps == 0  # the canvas keeps the student
     kept = tab.history.entries()[0].recipe  # the teacher frame joins the history
     assert (kept.teacher_steps, kept.prompt) == (8, "red apple")

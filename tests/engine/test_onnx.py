@@ -73,7 +73,7 @@ def test_export_refuses_foreign_folder_and_fp16_marks_manifest(tiny_model_dir, t
 
 def test_backend_exports_on_first_use_then_reuses(student_copy, backends):
     folder, manifest = resolve_export(student_copy)
-    assert folder == student_copy / "onnx" and manifest is not None
+    assert folder == student_copy / "onnx" and manifest["dtype"] == "float32"
     assert backends["onnx"].device == "CPUExecutionProvider"
     assert backends["onnx"].student_config["timesteps"] == [999]
     from engine.runtime.onnx_backend import OnnxBackend
@@ -90,7 +90,7 @@ def test_stale_export_is_detected_and_cache_falls_back(student_copy, monkeypatch
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert resolve_export(student_copy)[1] is None  # weights changed: export again
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert resolve_export(student_copy)[1] is not None
+    assert resolve_export(student_copy)[1]["dtype"] == "float32"
     monkeypatch.setattr("engine.runtime.onnx_export._writable", lambda folder: False)
     monkeypatch.setenv("HOME", str(tmp_path))
     cache = cache_dir_for(student_copy)

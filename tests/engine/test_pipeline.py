@@ -39,14 +39,16 @@ def test_same_seed_same_image_and_different_seed_differs(generator):
     again, _ = generator.generate(GenerateRequest("red apple", seed=7))
     other, _ = generator.generate(GenerateRequest("red apple", seed=8))
     np.testing.assert_array_equal(first, again)
-    assert np.abs(first.astype(int) - other).max() > 0
+    change = np.abs(first.astype(int) - other)
+    assert (change > 0).mean() > 0.5 and change.mean() > 2  # most pixels, by several levels
 
 
 def test_one_and_four_steps_differ(generator):
     one, _ = generator.generate(GenerateRequest("cat", seed=3, steps=1))
     four, _ = generator.generate(GenerateRequest("cat", seed=3, steps=4))
     assert one.shape == four.shape
-    assert np.abs(one.astype(int) - four).max() > 0
+    change = np.abs(one.astype(int) - four)
+    assert (change > 0).mean() > 0.5 and change.mean() > 1  # the later steps redraw the frame
 
 
 def test_teacher_ddim_with_guidance_runs(generator):

@@ -238,7 +238,10 @@ def test_real_generator_through_the_service(tiny_model_dir, no_thread_leak):
     result = collector.results[0]
     assert result.ok and result.image.shape == (32, 32, 3)
     assert result.backend == "torch" and result.device == "cpu"
-    assert result.timings.text_ms >= 0 and result.timings.total_ms > 0
+    timings = result.timings  # consecutive stages: they add up to the total
+    assert min(timings.text_ms, timings.unet_ms, timings.decode_ms) > 0
+    stages = timings.text_ms + timings.encode_ms + timings.unet_ms + timings.decode_ms
+    assert stages == pytest.approx(timings.total_ms)
 
 
 def test_the_real_generator_stops_when_interrupted(tiny_model_dir):
