@@ -74,8 +74,8 @@ def run(args) -> int:
         generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
                                                  args.guidance, args.device, 128,
                                                  args.backend, timesteps, sketches=args.sketch)
-    result = {"model": str(model), "steps": steps, "teacher_steps": args.teacher_steps,
-              "guidance": args.guidance}
+    result = {"model": str(model), "steps": None if args.teacher_steps else steps,
+              "teacher_steps": args.teacher_steps, "guidance": args.guidance}
     data = None
     if not args.recall_only:
         data = load_dataset(args.data)
