@@ -325,6 +325,8 @@ class DistillTrainer:
     def should_stop(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop_requested = True
+        if self.world == 1:  # no device round trip (a host sync every step on a GPU)
+            return self.stop_requested
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
         if self.world > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
