@@ -19,8 +19,9 @@ from pathlib import Path
 
 from engine.api import EngineError
 from engine.embedded.dataset import SKIN_TONE_WORDS, base_caption, list_emoji
+from engine.paths import ASSETS_ROOT
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "assets" / "data"
+DATA_DIR = ASSETS_ROOT / "data"  # a clone's assets/data, or the installed wheel's
 PHRASE_TABLE = DATA_DIR / "emoji-phrases.json"
 EVAL_PHRASES = DATA_DIR / "eval-phrases.json"
 GROUPS = ("smileys-emotion", "people-body", "animals-nature", "food-drink", "travel-places",

@@ -11,10 +11,11 @@ import torch
 
 from engine.api import ModelLoadError, os_error_message
 from engine.diffusion.schedule import NoiseSchedule
+from engine.paths import ASSETS_ROOT
 from engine.runtime.text import TextEncoder, load_text_encoder
 from engine.untrusted import read_json_file
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
+ASSETS_DIR = ASSETS_ROOT / "models"  # a clone's assets/models, or the installed wheel's
 EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher",
                   "embedded-student": "student"}
 PROMPTS_FILE = "prompts.txt"  # optional: prompt suggestions, one per line
