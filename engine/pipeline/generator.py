@@ -271,42 +271,57 @@ class Generator:
     def sample_latents(self, request, text, uncond, sketch, init_latent, strength,
                        interrupt=None, keep_weights=None):
         """sketch: (conditioning latent or None, its content key or None); keep_weights (HxW,
-        1 redraws, 0 keeps init_latent) make it a masked edit."""
-        backend = self.backend
+        1 redraws, 0 keeps init_latent) make it a masked edit. Runs the teacher, an edit of
+        init_latent or the student from noise."""
         conditioning, sketch_key = sketch
         noise = self.noise_source(request.seed)
-        shape = (1, backend.latent_channels, backend.latent_size, backend.latent_size)
+        shape = (1, self.backend.latent_channels, self.backend.latent_size,
+                 self.backend.latent_size)
         x_start = noise(shape)
-        top = self.schedule.num_train_timesteps
         if request.teacher_steps:
-            timesteps = ddim_timesteps(int(request.teacher_steps), top)
-            x0_fn = interruptible(self.x0_function(text, conditioning, uncond,
-                                                   float(request.guidance)), interrupt)
-            if keep_weights is not None:
-                x0_fn = keep_outside(x0_fn, init_latent, keep_weights)
-            if init_latent is not None:
-                timesteps = timesteps[teacher_start(len(timesteps), strength):]
-                if not timesteps:
-                    return init_latent
-                x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
-                                                  torch.tensor([timesteps[0]]))
-            return ddim_sample(x0_fn, x_start, timesteps, self.schedule)
-        x0_fn = interruptible(self.x0_function(text, conditioning), interrupt)
+            x0_fn = self.x0_function(text, conditioning, uncond, float(request.guidance))
+        else:
+            x0_fn = self.x0_function(text, conditioning)
+        x0_fn = interruptible(x0_fn, interrupt)
         if keep_weights is not None:
             x0_fn = keep_outside(x0_fn, init_latent, keep_weights)
+        if request.teacher_steps:
+            return self.teacher_latents(x0_fn, x_start, int(request.teacher_steps),
+                                        init_latent, strength)
         timesteps = self.timesteps_for(int(request.steps))
         if init_latent is not None:
-            timesteps = edit_start(self.edit_timesteps, strength, top)
-            if keep_weights is not None and strength >= 1.0:  # from noise inside the mask:
-                timesteps = self.timesteps_for(int(request.steps))  # the student's own steps
+            if keep_weights is None or strength < 1.0:  # else from noise inside the mask,
+                timesteps = edit_start(self.edit_timesteps, strength,  # in the student's steps
+                                       self.schedule.num_train_timesteps)
+            return self.edit_latents(x0_fn, x_start, noise, init_latent, timesteps)
+        key = (request.prompt, int(request.seed), sketch_key, int(timesteps[0]))
+        return self.student_latents(x0_fn, x_start, noise, timesteps, key)
+
+    def teacher_latents(self, x0_fn, x_start, steps, init_latent, strength):
+        """N-step DDIM (Song et al. 2021) from noise, or from init_latent noised to the
+        strength's step (SDEdit, Meng et al. 2022)."""
+        timesteps = ddim_timesteps(steps, self.schedule.num_train_timesteps)
+        if init_latent is not None:
+            timesteps = timesteps[teacher_start(len(timesteps), strength):]
             if not timesteps:
                 return init_latent
             x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
                                               torch.tensor([timesteps[0]]))
-            return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)
-        # From pure noise the first step depends only on prompt, sketch, seed and t: a live
-        # preview's one-step x0 is the first step of the full frame that refines it.
-        key = (request.prompt, int(request.seed), sketch_key, int(timesteps[0]))
+        return ddim_sample(x0_fn, x_start, timesteps, self.schedule)
+
+    def edit_latents(self, x0_fn, x_start, noise, init_latent, timesteps):
+        """The student's edit (SDEdit, Meng et al. 2022): init_latent noised to timesteps[0],
+        then its few-step sampler (DMD2 sec. 4.5) over timesteps; none: init_latent."""
+        if not timesteps:
+            return init_latent
+        x_start = self.schedule.add_noise(init_latent.cpu(), x_start,
+                                          torch.tensor([timesteps[0]]))
+        return multistep_sample(x0_fn, x_start, timesteps, self.schedule, noise)
+
+    def student_latents(self, x0_fn, x_start, noise, timesteps, key):
+        """The student from pure noise. Its first step depends only on prompt, seed, sketch
+        and t (key), so a live preview's one-step x0 is the first step of the full frame that
+        refines it; a one-step frame gets the student's latent blur."""
         first_x0 = self.first_step_cache.get(key)
         if first_x0 is None:
             first_x0 = x0_fn(x_start, timesteps[0])
