@@ -186,8 +186,9 @@ def test_sample_grids_add_a_sketch_row_when_the_run_has_sketches(
         config = sketch_config(tiny_sketch_model_dir, out, sketch_dataset, steps=1,
                                sample_every=1, student_steps=1, gan_weight=0.0, **overrides)
         assert new_trainer(config).train() == 1
-        return (Image.open(out / "samples" / "step-1.png").height,
-                Image.open(out / "samples" / "teacher.png").height)
+        with Image.open(out / "samples" / "step-1.png") as grid, \
+                Image.open(out / "samples" / "teacher.png") as teacher:
+            return grid.height, teacher.height
 
     # 8 fixed prompts in one row at 32 px (2-px gutter), plus a row of 8 (caption, sketch)
     assert grid_heights(tmp_path / "sketched") == (2 * 34 - 2, 2 * 34 - 2)

@@ -28,14 +28,14 @@ def test_the_gif_shows_each_keystroke_then_the_sketch_growing(tiny_sketch_model_
     sketches = script.sketch_steps(64, width=2)
     assert len(sketches) > 6 and (sketches[0] < 255).any()
     assert all((sketches[i + 1] <= sketches[i]).all() for i in range(len(sketches) - 1))
-    gif = Image.open(out)
-    assert gif.n_frames == 3 + len(sketches) and gif.info["loop"] == 0
-    durations = []
-    frames = []
-    for index in range(gif.n_frames):
-        gif.seek(index)
-        durations.append(gif.info["duration"])
-        frames.append(np.asarray(gif.convert("RGB")))
+    with Image.open(out) as gif:
+        assert gif.n_frames == 3 + len(sketches) and gif.info["loop"] == 0
+        durations = []
+        frames = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+            frames.append(np.asarray(gif.convert("RGB")))
     assert durations[2] == script.HOLD_MS and durations[-1] == script.HOLD_MS
     assert durations[0] == script.KEY_MS and durations[3] == script.STROKE_MS
     left = slice(4, 68), slice(4, 68)  # the sketch panel: white while typing, then strokes
@@ -48,4 +48,5 @@ def test_a_model_without_sketch_channels_gets_the_typing_part_only(tiny_student_
     out = tmp_path / "demo.gif"
     assert script.main(["--out", str(out), "--model", str(tiny_student_dir), "--backend",
                         "torch", "--prompt", "ab", "--size", "32"]) == 0
-    assert Image.open(out).n_frames == 2
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
