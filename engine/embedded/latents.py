@@ -86,10 +86,11 @@ def caption_phrasings(captions: list[str]) -> list[list[str]]:
 
 
 def folder_digest(folder: Path) -> str:
-    """sha256 over the files of a folder (names and bytes), to tie a cache to its AE."""
+    """sha256 over a model folder's config.json and weights (names and bytes), to tie a cache
+    to its AE; notes such as training.json do not count."""
     digest = hashlib.sha256()
     for path in sorted(Path(folder).rglob("*")):
-        if path.is_file() and path.suffix in (".json", ".safetensors"):
+        if path.is_file() and (path.suffix == ".safetensors" or path.name == "config.json"):
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
