@@ -57,9 +57,9 @@ def run(args) -> int:
     from engine.eval.metrics import generate_images, pipeline_generator
 
     if (args.steps is not None and args.steps < 1) or min(args.teacher_steps, args.limit,
-                                                          args.recall_names) < 0:
-        raise EngineError("--steps must be positive and --teacher-steps, --limit, "
-                          "--recall-names not negative.")
+                                                          args.recall_names, args.phrases + 1) < 0:
+        raise EngineError("--steps must be positive, --teacher-steps, --limit and "
+                          "--recall-names not negative, and --phrases -1 or more.")
     timesteps = parse_timesteps(args.timesteps) if args.timesteps else None
     if timesteps and args.steps not in (None, len(timesteps)):
         raise EngineError(f"--steps {args.steps} disagrees with the {len(timesteps)} "
