@@ -109,6 +109,6 @@ def writable_folder(folder: Path) -> bool:
 
 
 def unwritable_message(folder: Path, kind: str) -> str:
-    """One sentence: this user folder cannot be written, and how to fix that."""
-    return (f"The {kind} folder {folder} cannot be written; make it writable or set "
-            f"{FOLDER_ENV[kind]} to a folder that is.")
+    """That this user folder cannot be written, and the fix (a clause: callers lead in)."""
+    return (f"the {kind} folder {folder} cannot be written; make it writable or set "
+            f"{FOLDER_ENV[kind]} to a folder that is")

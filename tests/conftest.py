@@ -16,6 +16,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_folders(tmp_path_factory):
+    """The user's cache, data and config folders (engine.paths) are the session's own: no
+    test writes ONNX exports, history or runs into the real ones."""
+    from engine.paths import FOLDER_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        folders = {}
+        for kind, variable in FOLDER_ENV.items():
+            folders[kind] = tmp_path_factory.mktemp(f"user-{kind}")
+            patch.setenv(variable, str(folders[kind]))
+        yield folders
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 32-px SD-style pipeline: 4-channel UNet, AutoencoderTiny, CLIP text model."""

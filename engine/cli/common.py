@@ -19,7 +19,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="runtime (default torch; onnx-int8: CPU graphs with int8 matrix "
                              "products, the fastest on small CPUs)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda[:N], mps; "
+                             "with onnx also tensorrt, directml, coreml, openvino "
+                             "(default auto)")
 
 
 def parse_timesteps(text: str, flag: str = "--timesteps",

@@ -14,7 +14,9 @@ from engine.api import BACKENDS, ONNX_BACKENDS, EngineError, InvalidRequestError
 AUTO_ONNX_MAX_UNET_BYTES = 400 * 2**20
 # OnnxBackend.device names the provider in use; create_backend takes the device it came from.
 PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
-                    "TensorrtExecutionProvider": "tensorrt"}
+                    "TensorrtExecutionProvider": "tensorrt", "DmlExecutionProvider": "directml",
+                    "CoreMLExecutionProvider": "coreml", "OpenVINOExecutionProvider": "openvino"}
+ONNX_ONLY_DEVICES = ("tensorrt", "directml", "coreml", "openvino")  # "auto" picks onnx for them
 
 
 log = logging.getLogger("engine.runtime")
@@ -57,10 +59,12 @@ def load_teacher_backend(backend):
 
 def choose_backend(model: str, device: str = "auto") -> str:
     """What "auto" means for this model and device: onnx on a CPU for a small model (or an
-    onnx export folder), torch on CUDA or for a big model."""
+    onnx export folder) or on a device only onnx has, torch on CUDA, MPS or for a big model."""
     from engine.runtime.loading import resolve_model_dir
     from engine.runtime.torch_backend import pick_device
 
+    if device.split(":")[0] in ONNX_ONLY_DEVICES:
+        return "onnx"
     if pick_device(device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:
         return "torch"
     folder = resolve_model_dir(model)

@@ -1,11 +1,14 @@
-"""onnxruntime backend: TensorRT > CUDA > CPU providers, sessions created once and reused.
+"""onnxruntime backend: the installed providers (TensorRT > CUDA > DirectML > CoreML >
+OpenVINO > CPU), sessions created once and reused.
 
-OnnxBackend.load(model) takes a model folder (its export is looked up in model_dir/onnx or
-the user cache and built on first use) or an export folder with manifest.json.
+OnnxBackend.load(model) takes a model folder (its export is built in the user's cache folder
+on first use; an earlier version's export in model_dir/onnx is read while current) or an
+export folder with manifest.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,8 +21,11 @@ import torch
 
 from engine.api import EngineError, ModelLoadError
 from engine.diffusion.schedule import NoiseSchedule
+from engine.paths import cache_dir, unwritable_message
 from engine.runtime import lower_torch_threads_for_onnx
+from engine.runtime.loading import resolve_model_dir
 from engine.runtime.onnx_export import (
+    cache_dir_for,
     can_write_export,
     export_model,
     precision_of,
@@ -29,8 +35,31 @@ from engine.runtime.text import TextEmbedding, resolve_package_model_path
 
 log = logging.getLogger("engine.runtime.onnx")
 
-PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-GPU_PROVIDERS = PROVIDER_ORDER[:2]
+# Every provider the backend knows, in the order "auto" prefers them. Only the CPU and CUDA
+# providers are tested on hardware here; DirectML (Windows GPUs), CoreML (Apple) and OpenVINO
+# (Intel) are chosen by pick_providers alone and run fp32 graphs, as the CPU does.
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider",
+                  "CoreMLExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = PROVIDER_ORDER[:2]  # fp16 graphs
+CPU_PROVIDER = "CPUExecutionProvider"
+# --device for onnx: the providers it may use, best first (the CPU runs what they cannot)
+DEVICE_PROVIDERS = {
+    "auto": PROVIDER_ORDER,
+    "cpu": (CPU_PROVIDER,),
+    "cuda": ("CUDAExecutionProvider", CPU_PROVIDER),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU_PROVIDER),
+    "directml": ("DmlExecutionProvider", CPU_PROVIDER),
+    "coreml": ("CoreMLExecutionProvider", CPU_PROVIDER),
+    "openvino": ("OpenVINOExecutionProvider", CPU_PROVIDER),
+}
+# A device whose own provider is missing: what it is called, and the runtime that brings it.
+MISSING_RUNTIME = {
+    "cuda": ("CUDA", 'pip install "dmd-studio[gpu]" (onnxruntime-gpu)'),
+    "tensorrt": ("CUDA", 'pip install "dmd-studio[gpu]" (onnxruntime-gpu)'),
+    "directml": ("DirectML", 'pip install "dmd-studio[directml]" (onnxruntime-directml, Windows)'),
+    "coreml": ("CoreML", "pip install onnxruntime on macOS (its CoreML provider is built in)"),
+    "openvino": ("OpenVINO", 'pip install "dmd-studio[openvino]" (onnxruntime-openvino)'),
+}
 THREADS_ENV = "DMD_ORT_THREADS"
 SPIN_ENV = "DMD_ORT_SPIN"
 
@@ -52,18 +81,29 @@ def import_ort():
     return onnxruntime
 
 
-def pick_providers(device: str = "auto") -> list[str]:
-    """Providers in priority order for a device: auto, cpu, cuda or tensorrt."""
-    available = import_ort().get_available_providers()
-    wanted = {"auto": PROVIDER_ORDER, "cpu": PROVIDER_ORDER[2:],
-              "cuda": PROVIDER_ORDER[1:], "tensorrt": PROVIDER_ORDER}.get(device.split(":")[0])
+def pick_providers(device: str = "auto", available: list[str] | None = None) -> list[str]:
+    """Providers in priority order for an onnx --device (DEVICE_PROVIDERS), among those this
+    onnxruntime offers (available: onnxruntime.get_available_providers()); a device whose
+    provider is missing is one sentence naming the runtime to install."""
+    if available is None:
+        available = import_ort().get_available_providers()
+    kind = device.split(":")[0]
+    wanted = DEVICE_PROVIDERS.get(kind)
     if wanted is None:
-        raise EngineError(f"Unknown device {device!r} for onnx; use auto, cpu, cuda or tensorrt.")
-    chosen = [p for p in wanted if p in available]
-    if device.startswith(("cuda", "tensorrt")) and not any(p in GPU_PROVIDERS for p in chosen):
-        raise EngineError("CUDA was requested but onnxruntime has no CUDA provider; install "
-                          "onnxruntime-gpu or use --device cpu.")
-    return chosen or ["CPUExecutionProvider"]
+        raise EngineError(f"Unknown device {device!r} for onnx; use "
+                          f"{', '.join(DEVICE_PROVIDERS)}.")
+    chosen = [provider for provider in wanted if provider in available]
+    if kind in MISSING_RUNTIME and chosen[:1] in ([], [CPU_PROVIDER]):
+        name, fix = MISSING_RUNTIME[kind]
+        raise EngineError(f"{name} was requested but onnxruntime has no {name} provider; "
+                          f"{fix}, or use --device cpu.")
+    return chosen or [CPU_PROVIDER]
+
+
+def tensorrt_cache_dir(export_folder: Path) -> Path:
+    """TensorRT's engine cache for an export folder, in the user's cache folder."""
+    key = hashlib.sha1(str(Path(export_folder).resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "tensorrt" / key
 
 
 def gpu_index(device: str) -> int:
@@ -168,8 +208,8 @@ class OnnxBackend:
         if provider == "TensorrtExecutionProvider":
             return {"device_id": self.gpu, "trt_fp16_enable": self.np_dtype == np.float16,
                     "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(self.folder / "trt-cache")}
-        if provider == "CUDAExecutionProvider":
+                    "trt_engine_cache_path": str(tensorrt_cache_dir(self.folder))}
+        if provider in ("CUDAExecutionProvider", "DmlExecutionProvider"):
             return {"device_id": self.gpu}
         return {}
 
@@ -200,7 +240,10 @@ class OnnxBackend:
             return cls(folder, manifest, providers, threads, gpu)
         except BrokenExportError as error:  # a cached export damaged since: rebuilt once
             log.warning("%s Deleting the export and exporting again.", error)
-            shutil.rmtree(folder, ignore_errors=True)
+            cached = cache_dir_for(resolve_model_dir(model), precision)
+            if folder == cached:
+                shutil.rmtree(folder, ignore_errors=True)
+            folder = cached  # an earlier version's export in the model folder stays as it is
             manifest = cls.export(model, folder, precision)
             return cls(folder, manifest, providers, threads, gpu)
 
@@ -209,7 +252,7 @@ class OnnxBackend:
         """Export model into the cache folder, or NoExportCacheError when it is not writable."""
         if not can_write_export(folder):
             raise NoExportCacheError(f"No writable place for the ONNX export of {model}: "
-                                     f"{folder.parent} cannot be written.")
+                                     f"{unwritable_message(cache_dir(), 'cache')}.")
         log.warning("no current ONNX export of %s: exporting %s graphs into %s (once)",
                     model, precision, folder)
         start = time.perf_counter()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError, os_error_message
+from engine.paths import cache_dir, writable_folder
 from engine.runtime.loading import (
     PipelineParts,
     encode_latents,
@@ -311,32 +312,22 @@ def is_current(folder: Path, model_dir: Path, precision: str = "fp32") -> bool:
 
 
 def cache_dir_for(model_dir: Path, precision: str = "fp32") -> Path:
-    """model_dir/onnx[-fp16|-int8] when writable, else ~/.cache/dmd-studio/onnx/<hash>."""
+    """Where the backends keep a model's export: the user's cache folder (engine.paths),
+    onnx/<hash of the model folder>-onnx[-fp16|-int8], never the model folder itself."""
     check_precision(precision)
-    name = FOLDER_NAMES[precision]
-    local = model_dir / name
-    probe = local if local.exists() else model_dir
-    if probe.is_dir() and _writable(probe):
-        return local
-    key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "dmd-studio" / "onnx" / f"{key}-{name}"
+    key = hashlib.sha1(str(Path(model_dir).resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "onnx" / f"{key}-{FOLDER_NAMES[precision]}"
+
+
+def model_folder_export(model_dir: Path, precision: str = "fp32") -> Path:
+    """model_dir/onnx[-fp16|-int8], where earlier versions exported: still read while it is
+    current, never written."""
+    return Path(model_dir) / FOLDER_NAMES[precision]
 
 
 def can_write_export(folder: Path) -> bool:
     """Whether an export can be written to folder: its parent can be made and written."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return _writable(folder.parent)
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
+    return writable_folder(folder.parent)
 
 
 def resolve_export(model: str | Path, precision: str = "fp32") -> tuple[Path, dict | None]:
@@ -346,6 +337,9 @@ def resolve_export(model: str | Path, precision: str = "fp32") -> tuple[Path, di
     if manifest is not None:
         return path, manifest  # an export folder passed directly
     model_dir = resolve_model_dir(str(model))
+    earlier = model_folder_export(model_dir, precision)
+    if is_current(earlier, model_dir, precision):
+        return earlier, read_manifest(earlier)
     folder = cache_dir_for(model_dir, precision)
     with contextlib.suppress(OSError):
         sweep_staging(folder)

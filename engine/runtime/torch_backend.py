@@ -13,17 +13,31 @@ from engine.runtime.cuda_graphs import GraphedCall, graphs_wanted, new_memory_po
 from engine.runtime.loading import PipelineParts, encode_latents, load_pipeline
 from engine.runtime.text import TextEmbedding, encode_tokens
 
-TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def mps_available() -> bool:
+    """Whether PyTorch can run on Apple's GPU (Metal Performance Shaders)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def pick_device(device: str = "auto") -> str:
-    """auto -> cuda when PyTorch sees a GPU, else cpu; cpu, cuda and cuda:N are checked."""
+    """auto -> cuda when PyTorch sees an NVIDIA (or ROCm) GPU, else mps on Apple silicon, else
+    cpu; cpu, cuda, cuda:N and mps are checked. (MPS is untested on hardware here.)"""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_available() else "cpu"
     if not TORCH_DEVICE_PATTERN.match(device):
-        raise EngineError(f"Unknown device {device!r} for torch; use auto, cpu or cuda.")
+        raise EngineError(f"Unknown device {device!r} for torch; use auto, cpu, cuda or mps "
+                          "(tensorrt, directml, coreml and openvino run with --backend onnx).")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("CUDA was requested but PyTorch sees no CUDA device; use --device cpu.")
+        raise EngineError("CUDA was requested but PyTorch sees no CUDA device; install a CUDA "
+                          "build of torch (pytorch.org/get-started) or use --device cpu.")
+    if device == "mps" and not mps_available():
+        raise EngineError("MPS was requested but PyTorch sees no Apple GPU; it needs macOS 12.3+ "
+                          "on Apple silicon, or use --device cpu.")
     return device
 
 
@@ -121,6 +135,8 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
+        elif self.device == "mps":
+            torch.mps.synchronize()
 
 
 def unet_forward(parts: PipelineParts, x_in: torch.Tensor, t: torch.Tensor,

@@ -82,7 +82,7 @@ def test_onnx_with_no_writable_cache_opens_on_pytorch_with_a_notice(
 
     pytest.importorskip("onnxruntime")
     model = read_only(shutil.copytree(tiny_student_dir, tmp_path / "student"))
-    monkeypatch.setenv("HOME", str(read_only(tmp_path / "home")))
+    monkeypatch.setenv("DMD_STUDIO_CACHE", str(read_only(tmp_path / "cache")))
     isolated_settings.write_text(json.dumps({"backend": "onnx"}))
     messages = []
     window = make_window(model_dir=model)

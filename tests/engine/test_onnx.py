@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -71,9 +72,11 @@ def test_export_refuses_foreign_folder_and_fp16_marks_manifest(tiny_model_dir, t
     assert manifest["dtype"] == "float16" and (out / "unet.onnx").is_file()
 
 
-def test_backend_exports_on_first_use_then_reuses(student_copy, backends):
+def test_backend_exports_on_first_use_then_reuses(student_copy, backends, user_folders):
     folder, manifest = resolve_export(student_copy)
-    assert folder == student_copy / "onnx" and manifest["dtype"] == "float32"
+    assert folder == cache_dir_for(student_copy) and manifest["dtype"] == "float32"
+    assert folder.parent == user_folders["cache"] / "onnx"  # never into the model folder
+    assert not list(student_copy.glob("*onnx*"))
     assert backends["onnx"].device == "CPUExecutionProvider"
     assert backends["onnx"].student_config["timesteps"] == [999]
     from engine.runtime.onnx_backend import OnnxBackend
@@ -82,19 +85,30 @@ def test_backend_exports_on_first_use_then_reuses(student_copy, backends):
     assert direct.model_dir.resolve() == student_copy.resolve()
 
 
-def test_stale_export_is_detected_and_cache_falls_back(student_copy, monkeypatch, tmp_path):
+def test_stale_export_is_detected(student_copy, backends):
     weights = next((student_copy / "unet").glob("*.safetensors"))
     stat = weights.stat()
-    import os
-
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert resolve_export(student_copy)[1] is None  # weights changed: export again
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert resolve_export(student_copy)[1]["dtype"] == "float32"
-    monkeypatch.setattr("engine.runtime.onnx_export._writable", lambda folder: False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    cache = cache_dir_for(student_copy)
-    assert str(cache).startswith(str(tmp_path / ".cache" / "dmd-studio" / "onnx"))
+
+
+def test_an_export_in_the_model_folder_is_read_while_current(student_copy, backends):
+    cached, _ = resolve_export(student_copy)
+    earlier = shutil.copytree(cached, student_copy / "onnx")  # where earlier versions exported
+    try:
+        folder, manifest = resolve_export(student_copy)
+        assert folder == earlier and manifest is not None
+        weights = next((student_copy / "unet").glob("*.safetensors"))
+        stat = weights.stat()
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        try:  # stale there: the user cache is where the next export goes
+            assert resolve_export(student_copy) == (cached, None)
+        finally:
+            os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    finally:
+        shutil.rmtree(earlier)
 
 
 def test_text_unet_decode_match_torch(backends):
@@ -252,7 +266,8 @@ def test_auto_backend_is_onnx_on_a_cpu_for_small_models_only(student_copy, monke
     import engine.runtime as runtime
 
     assert runtime.choose_backend(str(student_copy), "cpu") == "onnx"
-    assert runtime.choose_backend(str(student_copy / "onnx"), "cpu") == "onnx"  # an export
+    export = str(cache_dir_for(student_copy))
+    assert runtime.choose_backend(export, "cpu") == "onnx"  # an export folder
     (tmp_path / "empty").mkdir()
     assert runtime.choose_backend(str(tmp_path / "empty"), "cpu") == "torch"  # torch explains
     monkeypatch.setattr(runtime, "AUTO_ONNX_MAX_UNET_BYTES", 1)
@@ -298,9 +313,9 @@ def quantized_ops(path: Path) -> set[str]:
 
 def test_int8_export_quantizes_text_and_unet_only(student_copy, backends):
     folder, manifest = resolve_export(student_copy, "int8")
-    assert folder == student_copy / "onnx-int8" and manifest["precision"] == "int8"
+    assert folder == cache_dir_for(student_copy, "int8") and manifest["precision"] == "int8"
     assert manifest["dtype"] == "float32"  # fp32 inputs; the weights inside are int8
-    fp32_folder = student_copy / "onnx"
+    fp32_folder = cache_dir_for(student_copy)
     for part in ("text_encoder", "unet"):
         assert quantized_ops(folder / f"{part}.onnx"), part
         assert (folder / f"{part}.onnx").stat().st_size < (fp32_folder / f"{part}.onnx").stat(

@@ -279,9 +279,10 @@ def student_copy(tmp_path, tiny_student_dir):
 def test_a_damaged_cached_export_is_deleted_and_rebuilt_once(student_copy, caplog):
     from engine.runtime import create_backend
     from engine.runtime.onnx_backend import BrokenExportError, OnnxBackend
+    from engine.runtime.onnx_export import cache_dir_for
 
     create_backend(str(student_copy), "onnx", "cpu")
-    unet = student_copy / "onnx" / "unet.onnx"
+    unet = cache_dir_for(student_copy) / "unet.onnx"
     size = unet.stat().st_size
     unet.write_bytes(unet.read_bytes()[: size // 2])  # truncated: its size no longer matches
     backend = create_backend(str(student_copy), "onnx", "cpu")
@@ -295,7 +296,24 @@ def test_a_damaged_cached_export_is_deleted_and_rebuilt_once(student_copy, caplo
     assert len(warnings) == 1 and "exporting again" in warnings[0]
     unet.write_bytes(b"\0" * size)  # an export folder given directly is the user's: reported
     with pytest.raises(BrokenExportError, match="unet.onnx cannot be loaded"):
-        OnnxBackend.load(str(student_copy / "onnx"), "cpu")
+        OnnxBackend.load(str(unet.parent), "cpu")
+
+
+def test_a_damaged_export_in_the_model_folder_is_left_and_rebuilt_in_the_cache(student_copy):
+    import shutil
+
+    from engine.runtime import create_backend
+    from engine.runtime.onnx_export import cache_dir_for
+
+    create_backend(str(student_copy), "onnx", "cpu")
+    cached = cache_dir_for(student_copy)
+    earlier = shutil.copytree(cached, student_copy / "onnx")  # an earlier version's export
+    shutil.rmtree(cached)
+    size = (earlier / "unet.onnx").stat().st_size
+    (earlier / "unet.onnx").write_bytes(b"\0" * size)
+    backend = create_backend(str(student_copy), "onnx", "cpu")
+    assert backend.folder == cached and (cached / "unet.onnx").stat().st_size == size
+    assert (earlier / "unet.onnx").read_bytes() == b"\0" * size  # the model folder untouched
 
 
 def torch_zeros_latents(backend):
@@ -305,7 +323,7 @@ def torch_zeros_latents(backend):
 
 
 def test_staging_folders_of_killed_exports_are_swept(student_copy):
-    from engine.runtime.onnx_export import OWNER_FILE, resolve_export
+    from engine.runtime.onnx_export import OWNER_FILE, cache_dir_for, resolve_export
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
@@ -313,8 +331,9 @@ def test_staging_folders_of_killed_exports_are_swept(student_copy):
     folders = {}
     for name, owner, age_s in (("killed", dead, 0), ("running", alive, 0),
                                ("old", None, 7200), ("young", None, 0)):
-        folder = student_copy / f".onnx-{name}"
-        folder.mkdir()
+        cache = cache_dir_for(student_copy)
+        folder = cache.parent / f".{cache.name}-{name}"
+        folder.mkdir(parents=True)
         (folder / "unet.onnx").write_bytes(b"\0" * 4096)  # a partly written graph
         if owner is not None:
             (folder / OWNER_FILE).write_text(str(owner))
@@ -330,15 +349,16 @@ def test_with_no_writable_cache_the_onnx_backends_fall_back_to_pytorch(
     from engine.runtime import create_backend
 
     read_only(student_copy)
-    monkeypatch.setenv("HOME", str(read_only(tmp_path / "home")))
+    cache = read_only(tmp_path / "cache")
+    monkeypatch.setenv("DMD_STUDIO_CACHE", str(cache))
     for name in ("onnx", "onnx-int8"):
         caplog.clear()
         backend = create_backend(str(student_copy), name, "cpu")
         assert backend.name == "torch"
         notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-        assert notes == [f"No writable place for the ONNX export of {student_copy}: "
-                         f"{tmp_path / 'home' / '.cache' / 'dmd-studio' / 'onnx'} cannot be "
-                         "written. Running PyTorch instead."]
+        assert notes == [f"No writable place for the ONNX export of {student_copy}: the cache "
+                         f"folder {cache} cannot be written; make it writable or set "
+                         "DMD_STUDIO_CACHE to a folder that is. Running PyTorch instead."]
     out = tmp_path / "out.png"
     result = run_in_process(capsys, "generate", "--model", student_copy, "--backend", "onnx",
                             "--prompt", "red apple", "--out", out)
