@@ -2,16 +2,19 @@
 
 A pack folder holds the scaled AE latents of every image and sketch (fp16), the split flags,
 the captions, and a copy of MiniLM whose word-embedding table keeps only the wordpieces the
-captions use (text_encoder/ + tokenizer/, fp16). Half of MiniLM's weights are that table, so
+captions' phrasings (engine/embedded/phrases.py, rebuilt from the phrase table on load and
+checked against the digest in the manifest) and the evaluation prompts use
+(text_encoder/ + tokenizer/, fp16). Half of MiniLM's weights are that table, so
 the pack is about 40 MB for the emoji set instead of the 194 MB of images plus the 90 MB
 text-encoder package, and a machine without either can train the teacher and distill from it.
 Pruning keeps tokenisation exact: WordPiece picks the longest matching piece, every piece a
-caption used is kept, and no kept piece is longer than one that was dropped for it.
+text used is kept, and no kept piece is longer than one that was dropped for it.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -117,6 +120,7 @@ def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict,
                 "text_max_length": text_encoder.max_length, **meta}
 
     phrases = caption_phrasings(list(cache.captions))
+    manifest["phrases_sha256"] = phrases_digest(phrases)
 
     def write(temp: Path) -> None:
         save_file(tensors, str(temp / "latents.safetensors"))
@@ -124,11 +128,15 @@ def write_pack(cache: LatentCache, text_encoder, folder: Path, meta: dict,
         texts = [text for texts in phrases for text in texts] + sorted(excluded_prompts())
         manifest["vocab_size"] = write_pruned_text_encoder(text_encoder, texts + [""], temp)
         (temp / "captions.json").write_text(json.dumps(cache.captions, ensure_ascii=False))
-        (temp / "phrases.json").write_text(json.dumps(phrases, ensure_ascii=False))
         (temp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
     atomic_save_folder(Path(folder), write)
     return manifest
+
+
+def phrases_digest(phrases: list[list[str]]) -> str:
+    """sha256 of the phrasings, so that a pack notices a phrase table changed since."""
+    return hashlib.sha256(json.dumps(phrases, ensure_ascii=False).encode()).hexdigest()
 
 
 def pack_manifest(folder: Path) -> dict:
@@ -194,13 +202,16 @@ def load_pack_latents(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[st
 
 
 def load_pack(folder: Path, device: str = "cpu") -> LatentCache:
-    """The pack as a LatentCache; the states of its captions' phrasings (phrases.json) are
-    recomputed with its pruned text encoder."""
+    """The pack as a LatentCache; its captions' phrasings come from the phrase table (as when
+    the pack was made: checked by digest) and are encoded with its pruned text encoder."""
     folder = Path(folder)
-    pack_manifest(folder)
+    manifest = pack_manifest(folder)
     tensors = load_file(str(folder / "latents.safetensors"))
     captions = pack_captions(folder, "all")
-    phrases = json.loads((folder / "phrases.json").read_text(encoding="utf-8"))
+    phrases = caption_phrasings(captions)
+    if phrases_digest(phrases) != manifest.get("phrases_sha256"):
+        raise EngineError(f"The phrase table changed since the latent pack {folder} was made; "
+                          "make the pack again (python -m engine data pack).")
     text_encoder = load_pack_text_encoder(folder, device)
     states, pooled, starts, counts = encode_phrasings(text_encoder, phrases)
     null_states, null_pooled = encode_captions(text_encoder, [""])
