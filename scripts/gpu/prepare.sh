@@ -5,6 +5,19 @@
 # `prepare.sh refine` also writes .gpu/models for the two-call refine instead
 # (docs/gpu-session.md).
 set -euo pipefail
+# The shipped UNet weights and the docs' images need not travel to the GPU host.
+AWAY='^(assets/models/[a-z]*/unet/diffusion_pytorch_model\.safetensors|docs/[^/]*\.(png|gif))$'
+STASH=${STASH:-/tmp/dmd-away}
+if [ "${1:-}" = away ] || [ "${1:-}" = back ]; then  # move what need not travel out and back
+    if [ "$1" = away ]; then
+        git ls-files -z | grep -zE "$AWAY" | while IFS= read -r -d '' f; do
+            mkdir -p "$STASH/$(dirname "$f")" && mv "$f" "$STASH/$f"; done
+    else
+        (cd "$STASH" && find . -type f -print0) | while IFS= read -r -d '' f; do
+            mkdir -p "$(dirname "$f")" && mv "$STASH/$f" "$f"; done
+    fi
+    git status --short | head -3; exit 0
+fi
 [ -f data/emoji/manifest.json ] || python -m engine data emoji --out data/emoji
 python -c "from engine.embedded.pack import pack_manifest; pack_manifest('.gpu/pack')" \
     2>/dev/null || python -m engine data pack --data data/emoji --out .gpu/pack
@@ -16,10 +29,10 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     "pytest==$(version pytest)" "pluggy==$(version pluggy)" "iniconfig==$(version iniconfig)" \
     "pygments==$(version pygments)" "packaging==$(version packaging)"
 # What a call sends: tracked and untracked-not-ignored files plus its carried folders
-# (<= 64 MiB); the shipped UNet weights are moved out of the tree for the call.
-WEIGHTS='assets/models/[a-z]*/unet/diffusion_pytorch_model.safetensors'
+# (<= 64 MiB); what AWAY matches is moved out of the tree for the call (`prepare.sh away`,
+# then `prepare.sh back`).
 travel() {
-    (git ls-files -co --exclude-standard -z | grep -zv "^$WEIGHTS\$" | xargs -0 cat 2>/dev/null
+    (git ls-files -co --exclude-standard -z | grep -zvE "$AWAY" | xargs -0 cat 2>/dev/null
      find "$@" -type f -exec cat {} +) | wc -c
 }
 check() {
@@ -38,4 +51,4 @@ if [ "${1:-}" = refine ]; then  # two calls: bench.sh (pack, wheels), refine.sh 
 else
     check .gpu .whl
 fi
-echo "move the UNet weights out of the tree for the calls: $WEIGHTS"
+echo "before the calls: bash scripts/gpu/prepare.sh away (UNet weights, docs images); after: back"
