@@ -48,6 +48,7 @@ class LiveEngine(QObject):
         self._busy = False
         self._closed = False
         self.description = ""
+        self.model_dir = None  # the loaded model's folder (the About dialog shows its card)
         self.is_student = True
         self.default_steps = 1
         self.prompt_suggestions: list[str] = []
@@ -75,6 +76,7 @@ class LiveEngine(QObject):
         else:
             self._service.replace_generator(generator)
         self.description = description
+        self.model_dir = getattr(getattr(generator, "backend", None), "model_dir", None)
         # A teacher (no student.json) makes noise in one step; the live tab says so.
         self.is_student = bool(getattr(generator, "is_student", True))
         # The step count the student was distilled for; the live tab starts there.

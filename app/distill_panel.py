@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.distill_process import REPO_ROOT, DistillOptions, DistillProcess
+from app.distill_process import DistillOptions, DistillProcess, runs_folder, trainer_folder
 from app.loss_plot import LossPlot
 from app.model_picker import ModelSourcePicker
 from app.settings import AppSettings, DistillSettings
@@ -138,7 +138,7 @@ class DistillPanel(QGroupBox):
                              "Default 0.",
                              decimals=4, step=0.01)
         self.out_edit = QLineEdit(values.out_dir)
-        self.out_edit.setPlaceholderText("runs/distill-<time> (a new run folder)")
+        self.out_edit.setPlaceholderText(f"{runs_folder() / 'distill-<time>'} (a new run folder)")
         self.out_browse = QPushButton("Browse…")
         self.out_browse.clicked.connect(self._browse_out)
         out_row = QHBoxLayout()
@@ -217,7 +217,7 @@ class DistillPanel(QGroupBox):
         extra = tuple(shlex.split(self.extra_edit.text()))
         out_dir = self.out_edit.text().strip()
         if not out_dir:
-            out_dir = str(REPO_ROOT / "runs" / time.strftime("distill-%Y%m%d-%H%M%S"))
+            out_dir = str(runs_folder() / time.strftime("distill-%Y%m%d-%H%M%S"))
             self.out_edit.setText(out_dir)
         return DistillOptions(
             teacher=self.teacher_picker.value(), out_dir=out_dir,
@@ -306,9 +306,9 @@ class DistillPanel(QGroupBox):
 
     @staticmethod
     def _resolve(path: str) -> Path:
-        """Event paths are relative to the trainer's working directory, the repository."""
+        """Event paths are relative to the trainer's working directory, the data folder."""
         candidate = Path(path)
-        return candidate if candidate.is_absolute() else REPO_ROOT / candidate
+        return candidate if candidate.is_absolute() else trainer_folder() / candidate
 
     def _show_newest_sample(self) -> None:
         if self.run_dir is None:
@@ -346,13 +346,13 @@ class DistillPanel(QGroupBox):
 
     def _browse_out(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder",
-                                                  self.out_edit.text() or str(REPO_ROOT / "runs"))
+                                                  self.out_edit.text() or str(runs_folder()))
         if folder:
             self.out_edit.setText(folder)
 
     def _browse_init(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Student or checkpoint folder",
-                                                  self.init_edit.text() or str(REPO_ROOT))
+                                                  self.init_edit.text() or str(runs_folder()))
         if folder:
             self.init_edit.setText(folder)
 

@@ -19,10 +19,28 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from engine.paths import data_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the folder engine/ is imported from
 ENGINE_COMMAND = [sys.executable, "-m", "engine", "distill"]
 TERMINATE_AFTER_MS = 60_000  # after SIGINT, wait this long for the checkpoint, then SIGTERM
 KILL_AFTER_MS = 30_000  # after SIGTERM, wait this long, then SIGKILL
+
+
+def runs_folder() -> Path:
+    """Where a run started in the app goes unless another folder is chosen."""
+    return data_dir() / "runs"
+
+
+def trainer_folder() -> Path:
+    """The trainer's working directory, against which relative run folders resolve: the
+    user's data folder (the home folder while that cannot be made)."""
+    folder = data_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path.home()
+    return folder
 
 
 @dataclass
@@ -115,7 +133,7 @@ class DistillProcess(QObject):
         if self.process is not None:
             self.process.deleteLater()  # the finished run's QProcess
         process = QProcess(self)
-        process.setWorkingDirectory(str(REPO_ROOT))
+        process.setWorkingDirectory(str(trainer_folder()))
         environment = QProcessEnvironment.systemEnvironment()
         environment.insert("PYTHONUNBUFFERED", "1")
         python_path = environment.value("PYTHONPATH", "")

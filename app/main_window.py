@@ -9,16 +9,18 @@ import sys
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QLibraryInfo, QObject, QTimer
+from PySide6.QtCore import QByteArray, QLibraryInfo, QObject, Qt, QTimer
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QApplication, QMainWindow, QTabWidget, QWidget
 
+from app.about_dialog import AboutDialog
 from app.bridge import GeneratorLoader, LiveEngine, default_loader
 from app.canvas import save_image_atomic
 from app.engine_tab import EngineTab, onnx_backend_available
 from app.live_tab import LiveTab
 from app.model_picker import looks_like_hub_id
 from app.settings import APP_NAME, AppSettings, load_settings, name_application, save_settings
+from engine import __version__
 from engine.api import BACKENDS, ONNX_BACKENDS
 
 SCREENSHOT_TIMEOUT_MS = 300_000
@@ -47,8 +49,18 @@ class MainWindow(QMainWindow):
         self.resize(1180, 820)
         if settings.window_geometry:
             self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode("ascii")))
+        help_menu = self.menuBar().addMenu("&Help")
+        self.about_action = help_menu.addAction(f"&About {APP_NAME}")
+        self.about_action.triggered.connect(self.show_about)
         self._closed = False
         self.show_message(settings_notice or "Ready.")
+
+    def show_about(self) -> AboutDialog:
+        """Help > About: versions, device and the loaded model's card (a modeless dialog)."""
+        dialog = AboutDialog(self.engine, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def show_message(self, message: str) -> None:
         self.statusBar().showMessage(message, STATUS_TIMEOUT_MS)
@@ -139,6 +151,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--screenshot", metavar="FILE",
                         help="save a PNG of the window after the first frame, then exit")
     parser.add_argument("--prompt", default=None, help="prompt to type at start")
+    parser.add_argument("--version", action="version", version=f"dmd-studio {__version__}")
     options = parser.parse_args(argv)
     if options.model and not Path(options.model).expanduser().is_dir() \
             and not looks_like_hub_id(options.model):

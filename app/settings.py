@@ -1,9 +1,10 @@
 """User settings saved as JSON: typed fields with per-key fallback, atomic writes.
 
-The file lives in Qt's AppConfigLocation for the organization and application names set
-by name_application() (~/.config/dmd-studio/DMD Studio/settings.json on Linux); the
-environment variable DMD_STUDIO_SETTINGS overrides the path (tests use it). The file is
-read through engine.untrusted's limits; numbers out of range fall back to the defaults.
+The file lives in the user's config folder (engine.paths: ~/.config/dmd-studio/settings.json
+on Linux); the environment variable DMD_STUDIO_SETTINGS overrides the path (tests use it).
+Until it is first written, the file earlier versions kept in Qt's AppConfigLocation
+(~/.config/dmd-studio/DMD Studio/settings.json on Linux) is read instead. The file is read
+through engine.untrusted's limits; numbers out of range fall back to the defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QStandardPaths
 
+from engine.paths import config_dir, data_dir
 from engine.untrusted import MAX_GUIDANCE, MAX_TEACHER_STEPS, read_json_file
 
 APP_NAME = "DMD Studio"
@@ -85,17 +87,45 @@ def name_application() -> None:
 
 
 def settings_path() -> Path:
-    """Where settings.json is read and written."""
+    """Where settings.json is written (and read, once it exists)."""
     override = os.environ.get(SETTINGS_ENV)
     if override:
         return Path(override)
+    return config_dir() / SETTINGS_FILE_NAME
+
+
+def earlier_folder() -> Path | None:
+    """Qt's AppConfigLocation, where earlier versions kept settings.json and history/."""
     folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
-    return Path(folder or Path.home() / ".config" / "dmd-studio") / SETTINGS_FILE_NAME
+    return Path(folder) if folder else None
+
+
+def settings_to_read() -> Path:
+    """settings_path(), or an earlier version's settings.json while there is none there."""
+    path = settings_path()
+    earlier = earlier_folder()
+    if os.environ.get(SETTINGS_ENV) or path.exists() or earlier is None:
+        return path
+    return earlier / SETTINGS_FILE_NAME if (earlier / SETTINGS_FILE_NAME).is_file() else path
 
 
 def history_folder() -> Path:
-    """Where the live tab's history strip keeps its frames (PNGs with recipes)."""
-    return settings_path().parent / "history"
+    """Where the live tab's history strip keeps its frames (PNGs with recipes): the user's
+    data folder (beside the settings file when DMD_STUDIO_SETTINGS names one). An earlier
+    version's history/ beside its settings is moved there, or used where it is if it cannot
+    be moved."""
+    if os.environ.get(SETTINGS_ENV):
+        return settings_path().parent / "history"
+    folder = data_dir() / "history"
+    earlier = earlier_folder()
+    if folder.exists() or earlier is None or not (earlier / "history").is_dir():
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(earlier / "history", folder)
+    except OSError:
+        return earlier / "history"
+    return folder
 
 
 def _typed_fields(instance, values: dict):
@@ -125,7 +155,7 @@ def in_range(name: str, value) -> bool:
 
 def load_settings(path: Path | None = None) -> tuple[AppSettings, str | None]:
     """Read settings; returns (settings, notice) where notice explains a fallback to defaults."""
-    path = path or settings_path()
+    path = path or settings_to_read()
     if path.is_dir():
         return AppSettings(), (f"Settings path {path} is a folder, not a file; using defaults "
                                "(they will not be saved).")

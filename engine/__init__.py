@@ -13,6 +13,8 @@ from engine.api import (
     StageTimings,
 )
 
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
+
 __all__ = [
     "EngineError",
     "GenerateRequest",

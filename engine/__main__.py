@@ -33,11 +33,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help.\n")
 
 
+def version_line() -> str:
+    from engine import __version__
+
+    return f"dmd-studio {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m engine",
         description="DMD Studio engine: one-step generation, distillation, export, benchmarks.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMANDS.values():
         try:

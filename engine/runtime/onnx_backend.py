@@ -54,11 +54,13 @@ DEVICE_PROVIDERS = {
 }
 # A device whose own provider is missing: what it is called, and the runtime that brings it.
 MISSING_RUNTIME = {
-    "cuda": ("CUDA", 'pip install "dmd-studio[gpu]" (onnxruntime-gpu)'),
-    "tensorrt": ("CUDA", 'pip install "dmd-studio[gpu]" (onnxruntime-gpu)'),
-    "directml": ("DirectML", 'pip install "dmd-studio[directml]" (onnxruntime-directml, Windows)'),
-    "coreml": ("CoreML", "pip install onnxruntime on macOS (its CoreML provider is built in)"),
-    "openvino": ("OpenVINO", 'pip install "dmd-studio[openvino]" (onnxruntime-openvino)'),
+    "cuda": ("CUDA", "pip install onnxruntime-gpu (the gpu extra) in place of onnxruntime"),
+    "tensorrt": ("CUDA", "pip install onnxruntime-gpu (the gpu extra) in place of onnxruntime"),
+    "directml": ("DirectML", "on Windows, pip install onnxruntime-directml (the directml extra) "
+                             "in place of onnxruntime"),
+    "coreml": ("CoreML", "on macOS, pip install onnxruntime (its CoreML provider is built in)"),
+    "openvino": ("OpenVINO", "pip install onnxruntime-openvino (the openvino extra) in place of "
+                             "onnxruntime"),
 }
 THREADS_ENV = "DMD_ORT_THREADS"
 SPIN_ENV = "DMD_ORT_SPIN"

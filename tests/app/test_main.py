@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def run_main(*arguments: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     environment = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1",
-                       DMD_STUDIO_SETTINGS=str(tmp_path / "settings.json"))
+                       DMD_STUDIO_SETTINGS=str(tmp_path / "settings.json"),
+                       DMD_STUDIO_CACHE=str(tmp_path / "cache"))
     return subprocess.run([sys.executable, "main.py", *arguments], cwd=REPO_ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -48,7 +49,8 @@ def test_screenshot_on_the_int8_backend_exports_its_graphs_once(tmp_path, tiny_m
     result = run_main("--model", str(model), "--backend", "onnx-int8", "--screenshot",
                       str(tmp_path / "shot.png"), "--prompt", "red apple", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (model / "onnx-int8" / "manifest.json").is_file() and not (model / "onnx").exists()
+    exports = [path.name.split("-", 1)[1] for path in (tmp_path / "cache" / "onnx").iterdir()]
+    assert exports == ["onnx-int8"] and not list(model.glob("onnx*"))  # the int8 graphs only
     assert not QImage(str(tmp_path / "shot.png")).isNull()
 
 

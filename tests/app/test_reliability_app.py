@@ -68,11 +68,31 @@ def test_the_settings_path_is_the_one_the_readme_names(qapp, monkeypatch, tmp_pa
     from app.settings import name_application
 
     monkeypatch.delenv("DMD_STUDIO_SETTINGS")
+    monkeypatch.delenv("DMD_STUDIO_CONFIG")
+    monkeypatch.setattr("sys.platform", "linux")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     name_application()
-    assert settings_path() == tmp_path / "dmd-studio" / "DMD Studio" / "settings.json"
+    assert settings_path() == tmp_path / "dmd-studio" / "settings.json"
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    assert "`~/.config/dmd-studio/DMD Studio/settings.json`" in readme
+    assert "`~/.config/dmd-studio/settings.json`" in readme
+
+
+def test_an_earlier_versions_settings_and_history_are_carried_over(qapp, monkeypatch, tmp_path):
+    import app.settings as settings_module
+
+    earlier = tmp_path / "earlier"
+    (earlier / "history").mkdir(parents=True)
+    (earlier / "settings.json").write_text('{"brush_size": 9}')
+    save_frame(earlier / "history" / "20260101-000000-000001.png", recipe=Recipe(prompt="cat"))
+    monkeypatch.delenv("DMD_STUDIO_SETTINGS")
+    monkeypatch.setattr(settings_module, "earlier_folder", lambda: earlier)
+    assert load_settings()[0].brush_size == 9  # read from where the earlier version kept it
+    settings_module.save_settings(AppSettings(brush_size=12))
+    assert settings_path().is_file() and load_settings()[0].brush_size == 12
+    folder = history_folder()
+    assert folder.parent == settings_module.data_dir()
+    assert (folder / "20260101-000000-000001.png").is_file()  # moved once
+    assert not (earlier / "history").exists() and history_folder() == folder
 
 
 def test_onnx_with_no_writable_cache_opens_on_pytorch_with_a_notice(
