@@ -1,4 +1,5 @@
-"""The app talks to the engine only through its public API (plus default_model)."""
+"""The app talks to the engine only through its public API (plus default_model, the user
+folders of engine.paths and the versions of engine.about)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import ast
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
-ALLOWED_ENGINE_MODULES = {"engine.api", "engine.recipe", "engine.service", "engine.untrusted",
-                          "engine.runtime.loading"}
+ALLOWED_ENGINE_MODULES = {"engine", "engine.api", "engine.recipe", "engine.service",
+                          "engine.untrusted", "engine.runtime.loading", "engine.paths",
+                          "engine.about"}
 FORBIDDEN_PACKAGES = {"torch", "diffusers", "transformers", "onnxruntime", "accelerate"}
 
 
