@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from engine.embedded.dataset import load_dataset
+    from engine.eval.evaluator import load_evaluator
     from engine.eval.metrics import generate_images, pipeline_generator
 
     if (args.steps is not None and args.steps < 1) or min(args.teacher_steps, args.limit,
@@ -78,8 +79,9 @@ def run(args) -> int:
               "teacher_steps": args.teacher_steps, "guidance": args.guidance}
     data = None
     if not args.recall_only:
+        evaluator = load_evaluator(args.evaluator)  # its absence is the likelier mistake
         data = load_dataset(args.data)
-        result.update(heldout_results(args, data, generate_one))
+        result.update(heldout_results(args, evaluator, data, generate_one))
     if args.recall_names or args.phrases:
         draw = generate_one and (lambda prompts: generate_images(generate_one, prompts,
                                                                  args.seed)[0])
@@ -92,15 +94,13 @@ def run(args) -> int:
     return 0
 
 
-def heldout_results(args, data, generate_one) -> dict:
+def heldout_results(args, evaluator, data, generate_one) -> dict:
     """fd, alignment, top5/top1, sketch_f1, sharpness and timing on the held-out captions."""
     from engine.embedded.decoder_gan import sharpness
     from engine.embedded.latents import encode_captions, load_minilm
-    from engine.eval.evaluator import load_evaluator
     from engine.eval.metrics import generate_images, score_images
     from engine.eval.sketch_metrics import mean_stroke_f1
 
-    evaluator = load_evaluator(args.evaluator)
     ids = [i for i, held in enumerate(data.heldout) if held]
     if args.limit:
         ids = ids[:args.limit]
