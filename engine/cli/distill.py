@@ -31,9 +31,11 @@ def add_parser(subparsers) -> None:
              "and v-prediction teachers are supported.")
     add("--out", type=Path, required=True, help="run folder, e.g. runs/emoji-dmd2")
     add("--method", default=None,
-        help="dmd: distribution matching + regression, critic updated once per step; dmd2 "
-             "(default): adds the two-time-scale critic ratio, the optional GAN and "
-             "multi-step students with backward simulation")
+        help="dmd: distribution matching + regression loss, critic updated once per step, "
+             "no GAN; dmd2 (default): distribution matching without the regression loss, "
+             "the GAN term on --real-data (when given), the critic updated twice per step "
+             "(two-time-scale rule) and multi-step students with backward simulation. "
+             "--regression-weight, --gan-weight and --critic-ratio override these defaults")
     add("--steps", type=int, default=None,
         help="generator updates to train for (default 2000); may be raised with --resume")
     add("--batch", type=int, default=None,
@@ -63,10 +65,10 @@ def add_parser(subparsers) -> None:
     add("--gan-weight", type=float, default=None,
         help="generator GAN weight w_g (dmd2 only); above 0 turns the GAN on, which needs "
              "real images (--real-data, or the emoji dataset for the embedded teacher). "
-             "DMD2: 1e-3 on SD1.5 (default 0, off)")
+             "Default: 1e-3 (DMD2 on SD1.5) for dmd2 with --real-data, else 0 (off)")
     add("--regression-weight", type=float, default=None,
-        help="weight of the latent L2 regression to cached teacher samples (default 0.25; "
-             "0 turns it off, as in the DMD2 paper)")
+        help="weight of the latent L2 regression to cached teacher samples (default 0.25 "
+             "for dmd, 0 for dmd2, as in the DMD2 paper; 0 turns it off)")
     add("--regression-pairs", type=int, default=None,
         help="teacher (noise, prompt, x0) pairs made once with 25-step DDIM + CFG and cached "
              "in the run folder (default 256)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.api import EngineError
@@ -15,6 +15,14 @@ STUDENT_STEP_CHOICES = (1, 2, 4)
 REGRESSION_DISTANCES = ("l2", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_MODES = ("bar", "json", "none")
+# What each method means when its flags are not given: DMD (Yin et al. 2024a) trains the
+# distribution matching loss with the regression loss and one critic update per step; DMD2
+# (Yin et al. 2024b, sec. 4) drops the regression loss, adds the GAN term on real data and
+# updates the critic more often than the generator (two time-scale update rule).
+METHOD_DEFAULTS = {
+    "dmd": {"regression_weight": 0.25, "gan_weight": 0.0, "critic_ratio": 1},
+    "dmd2": {"regression_weight": 0.0, "gan_weight": 1e-3, "critic_ratio": 2},
+}
 # Settings that may change when a run is resumed; every other one must match config.json.
 RESUMABLE_OVERRIDES = ("steps", "progress", "checkpoint_every", "keep_checkpoints",
                        "sample_every", "log_every", "device")
@@ -26,7 +34,7 @@ class DistillConfig:
 
     teacher: str = "embedded"  # "embedded", a local diffusers folder or a hub id
     out: str = "runs/distill"  # run folder
-    method: str = "dmd2"  # dmd: DM + regression, critic 1:1; dmd2: + TTUR, GAN, multi-step
+    method: str = "dmd2"  # dmd: DM + regression, critic 1:1; dmd2: DM + GAN, TTUR, multi-step
     steps: int = 2000  # generator updates
     batch: int = 16  # student samples per process and step
     lr: float = 5e-5  # generator and critic learning rate (AdamW)
@@ -35,12 +43,13 @@ class DistillConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 10.0
     guidance: float = 4.0  # teacher CFG scale of the real score and of regression pairs
-    critic_ratio: int | None = None  # critic updates per generator update (dmd: 1, dmd2: 2)
+    critic_ratio: int | None = None  # critic updates per generator update (None: the method's)
     critic_warmup_steps: int = 0  # first steps train the critic alone (a fresh critic)
     ema_decay: float = 0.0  # > 0: student/ and samples use an EMA of the student's weights
-    gan_weight: float = 0.0  # generator GAN weight w_g; > 0 turns the GAN on (needs real data)
+    gan_weight: float | None = None  # generator GAN weight w_g; > 0 needs real data (None:
+    # the method's: 1e-3 for dmd2 with --real-data, else 0)
     gan_critic_weight: float = 1e-2  # weight of the critic's GAN classification loss
-    regression_weight: float = 0.25  # lambda_reg; 0 turns the regression loss off
+    regression_weight: float | None = None  # lambda_reg; 0: off (None: the method's)
     regression_pairs: int = 256  # cached teacher (noise, prompt, x0) pairs
     regression_ddim_steps: int = 25  # teacher DDIM steps per pair
     regression_batch: int | None = None  # pairs per step (default: batch // 4, at least 1)
@@ -66,20 +75,31 @@ class DistillConfig:
     sample_count: int = 8  # images in a sample grid (fixed prompts and seeds)
     log_every: int = 1
     progress: str = "bar"  # bar (tqdm), json (one event a line on stdout) or none
+    # The settings that resolve() took from the method's defaults (recorded in config.json)
+    method_defaults: list[str] = field(default_factory=list)
 
     # -- defaults that depend on the method ------------------------------------------------
     def resolve(self) -> DistillConfig:
         """Fill method-dependent defaults in place and validate; returns self."""
         if self.method not in METHODS:
             raise EngineError(f"Unknown method {self.method!r}; use dmd or dmd2.")
-        if self.critic_ratio is None:
-            self.critic_ratio = 1 if self.method == "dmd" else 2
+        for name, value in self.method_default_values().items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+                self.method_defaults = sorted({*self.method_defaults, name})
         if self.regression_batch is None:
             self.regression_batch = max(1, self.batch // 4)
         # Saved clamped, so that raising --steps on --resume does not restart the warm-up.
         self.warmup_steps = self.effective_warmup
         self.validate()
         return self
+
+    def method_default_values(self) -> dict[str, float | int]:
+        """The method's own settings; DMD2's GAN term is on only when --real-data is given."""
+        values = dict(METHOD_DEFAULTS[self.method])
+        if self.method == "dmd2" and self.real_data is None:
+            values["gan_weight"] = 0.0
+        return values
 
     @property
     def effective_warmup(self) -> int:

@@ -66,7 +66,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, real_images_dir,
                                                                tmp_path, one_thread):
     options = dict(method="dmd2", student_steps=4, critic_ratio=2, gan_weight=1e-2,
-                   real_data=str(real_images_dir), ema_decay=0.5)
+                   regression_weight=0.25, real_data=str(real_images_dir), ema_decay=0.5)
     straight = tmp_path / "straight"
     events = io.StringIO()
     assert run_trainer(tiny_config(tiny_model_dir, straight, steps=4, **options), events) == 4
@@ -300,6 +300,48 @@ def test_a_time_limit_stops_like_sigterm_with_a_checkpoint(tiny_model_dir, tmp_p
     assert done["event"] == "done" and done["stopped"] is True and done["step"] == step
     assert latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == step
     assert (tmp_path / "run" / "student" / "student.json").is_file()
+
+
+# -- what --method means -------------------------------------------------------------------
+def test_dmd_is_distribution_matching_with_regression_and_no_gan(tmp_path):
+    config = DistillConfig(method="dmd", real_data=str(tmp_path)).resolve()
+    assert (config.regression_weight, config.gan_weight, config.critic_ratio) == (0.25, 0.0, 1)
+    assert config.uses_regression and not config.uses_gan
+    assert config.method_defaults == ["critic_ratio", "gan_weight", "regression_weight"]
+
+
+def test_dmd2_drops_regression_and_adds_the_gan_only_with_real_data(tmp_path):
+    with_data = DistillConfig(method="dmd2", real_data=str(tmp_path)).resolve()
+    assert (with_data.regression_weight, with_data.gan_weight, with_data.critic_ratio) == (
+        0.0, 1e-3, 2)
+    assert with_data.uses_gan and not with_data.uses_regression
+    without = DistillConfig(method="dmd2").resolve()
+    assert (without.regression_weight, without.gan_weight, without.critic_ratio) == (0.0, 0.0, 2)
+    assert DistillConfig().resolve().method == "dmd2"
+
+
+def test_explicit_flags_override_the_methods_defaults_and_config_json_says_which(tmp_path):
+    config = DistillConfig(method="dmd2", real_data=str(tmp_path), regression_weight=0.5,
+                           critic_ratio=5).resolve()
+    assert (config.regression_weight, config.gan_weight, config.critic_ratio) == (0.5, 1e-3, 5)
+    assert config.method_defaults == ["gan_weight"]
+    config.save(tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["regression_weight"], saved["gan_weight"], saved["critic_ratio"]) == (
+        0.5, 1e-3, 5)
+    assert saved["method_defaults"] == ["gan_weight"]
+    assert DistillConfig(method="dmd", regression_weight=0.0).resolve().regression_weight == 0
+    with pytest.raises(Exception, match="The GAN loss is part of DMD2"):
+        DistillConfig(method="dmd", gan_weight=1e-3).resolve()
+
+
+def test_a_run_saved_with_every_weight_resumes_with_those_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"method": "dmd2", "regression_weight": 0.25, "gan_weight": 0.0, "critic_ratio": 2}))
+    resumed = DistillConfig(steps=10).merged_for_resume(
+        DistillConfig.load(tmp_path / "config.json"), {"steps"}).resolve()
+    assert (resumed.regression_weight, resumed.gan_weight, resumed.critic_ratio) == (0.25, 0, 2)
+    assert resumed.method_defaults == []
 
 
 def test_raising_steps_on_resume_keeps_the_clamped_warmup():

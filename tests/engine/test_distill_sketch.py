@@ -42,7 +42,8 @@ def sketch_dataset(tmp_path_factory) -> Path:
 def sketch_config(teacher: Path, out: Path, data: Path, **overrides) -> DistillConfig:
     values = dict(teacher=str(teacher), out=str(out), real_data=str(data), method="dmd2",
                   steps=2, batch=2, lr=1e-3, warmup_steps=1, student_steps=2, critic_ratio=2,
-                  gan_weight=1e-2, regression_pairs=2, regression_ddim_steps=2,
+                  gan_weight=1e-2, regression_weight=0.25, regression_pairs=2,
+                  regression_ddim_steps=2,
                   regression_batch=1, sample_every=0, device="cpu", progress="none",
                   checkpoint_every=100)
     values.update(overrides)
