@@ -31,11 +31,12 @@ def random_noise_like(x: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 class DistributionMatchingLoss:
-    """Generator-side distribution matching loss (DMD: KL gradient = fake minus real score).
+    """The distribution matching loss of DMD (Yin et al. 2024a, eq. 7-8) on the student.
 
-    The gradient of the reverse KL between the student's and the data distribution is
-    (x0_fake - x0_real) in x0 space, normalised per sample by mean |x0 - x0_real|. The
-    surrogate 0.5 * mse(x0, stopgrad(x0 - grad)) has exactly grad / numel as its gradient.
+    Eq. 7: the gradient of the reverse KL between the student's and the data distribution is
+    the fake minus the real score at a noised student sample; eq. 8 writes it in x0 space,
+    (x0_fake - x0_real), normalised per sample by mean |x0 - x0_real|. The surrogate
+    0.5 * mse(x0, stopgrad(x0 - grad)) has exactly grad / numel as its gradient.
     """
 
     def __init__(self, schedule: NoiseSchedule, min_t_fraction: float = 0.02,
@@ -48,7 +49,7 @@ class DistributionMatchingLoss:
     @torch.no_grad()
     def dm_gradient(self, x0: torch.Tensor, real_x0_fn: X0Fn, fake_x0_fn: X0Fn,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """The normalised DM gradient direction in x0 space, float32, no graph."""
+        """DMD eq. 7-8: the normalised DM gradient in x0 space, float32, no graph."""
         x0_detached = x0.detach().float()
         t = random_timesteps(x0.shape[0], self.min_t, self.max_t, generator)
         noise = random_noise_like(x0_detached, generator)
@@ -71,7 +72,7 @@ class DistributionMatchingLoss:
 
 
 class CriticDenoisingLoss:
-    """Critic (fake score) denoising loss on detached student samples (DMD, fake-score update).
+    """The fake score's denoising loss on detached student samples (DMD sec. 3.2).
 
     t ~ U{0 .. T-1}; the target is in the teacher's parameterisation (eps for epsilon
     teachers, v for v-prediction, x0 for sample), so the critic stays a copy of the teacher.
@@ -110,7 +111,7 @@ class CriticDenoisingLoss:
 
 
 class RegressionLoss:
-    """DMD regression loss on cached teacher noise-image pairs, in latent space.
+    """The regression loss of DMD sec. 3.3 on cached teacher noise-image pairs, in latents.
 
     The paper uses LPIPS; LPIPS needs pretrained VGG/AlexNet weights that cannot be fetched
     offline, and it is defined on decoded pixels (a VAE decode per step). A latent L2 (or L1)
@@ -130,11 +131,28 @@ class RegressionLoss:
 
 
 class GanLoss:
-    """Non-saturating GAN loss on the critic's classifier logits (DMD2 sec. 4.3)."""
+    """The GAN objective of DMD2 (Yin et al. 2024b, sec. 4.3), non-saturating.
 
-    def __init__(self, generator_weight: float = 1e-3, critic_weight: float = 1e-2):
+    A classifier head on the critic's trunk tells noised real latents from noised student
+    samples; the student is trained to be classified as real.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, generator_weight: float = 1e-3,
+                 critic_weight: float = 1e-2):
+        self.schedule = schedule
         self.generator_weight = generator_weight  # w_g: 1e-3 for SD1.5, 3e-3 for ImageNet
         self.critic_weight = critic_weight
+
+    def noisy_fake(self, x0: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, t) of student samples at t ~ U{0 .. T-1}, keeping their graph (DMD2 sec. 4.3)."""
+        t = random_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, generator)
+        return self.schedule.add_noise(x0, random_noise_like(x0, generator), t), t
+
+    def noisy_real(self, real_x0: torch.Tensor, t: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """Real latents noised at the student samples' timesteps t (DMD2 sec. 4.3)."""
+        return self.schedule.add_noise(real_x0, random_noise_like(real_x0, generator), t)
 
     def critic_loss(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
         """critic: weight * (softplus(l_fake) + softplus(-l_real)), mean over the batch."""

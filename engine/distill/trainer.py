@@ -37,10 +37,10 @@ from engine.distill.losses import (
     GanLoss,
     RegressionLoss,
     random_noise_like,
-    random_timesteps,
 )
 from engine.distill.networks import cfg_x0_function, x0_function
 from engine.distill.progress import ProgressReporter
+from engine.distill.regression import regression_batch
 from engine.distill.run_folder import RunFolder
 from engine.distill.stages import RunAssets, export_student_folder, prepare_assets, sample_grid
 from engine.distill.text_cache import CaptionEmbeddings
@@ -107,7 +107,7 @@ class DistillTrainer:
                                                 config.dm_max_t_fraction)
         self.critic_loss = CriticDenoisingLoss(self.schedule)
         self.regression_loss = RegressionLoss(config.regression_distance)
-        self.gan_loss = GanLoss(config.gan_weight, config.gan_critic_weight)
+        self.gan_loss = GanLoss(self.schedule, config.gan_weight, config.gan_critic_weight)
         # 4. prompts, unconditional embedding, share of sketch-conditioned samples (resolved
         #    here so config.json and resumes record the value used)
         self.prompts = default_prompts(config.teacher, config.prompts, config.real_data)
@@ -197,8 +197,6 @@ class DistillTrainer:
             pairs = self.assets.pairs
             pair_ids = epoch_indices(len(pairs), config.regression_batch, step, config.seed,
                                      self.rank, self.world, stream="regression")
-            from engine.distill.regression import regression_batch
-
             reg_noise, reg_text, reg_x0_ref = regression_batch(
                 pairs, pair_ids, self.encode, self.device)
             x_in = torch.cat([x_t, reg_noise])
@@ -229,10 +227,9 @@ class DistillTrainer:
     def generator_gan_loss(self, x0: torch.Tensor, text: TextEmbedding,
                            conditioning: torch.Tensor | None,
                            rng: torch.Generator) -> torch.Tensor:
-        """w_g * softplus(-l_fake) through the critic trunk (DMD2 sec. 4.3); the critic's own
+        """GanLoss.generator_loss through the critic trunk (DMD2 sec. 4.3); the critic's own
         gradients from this term are cleared before its next update, so it is not trained."""
-        t = random_timesteps(x0.shape[0], 0, self.schedule.num_train_timesteps - 1, rng)
-        x_t = self.schedule.add_noise(x0, random_noise_like(x0, rng), t)
+        x_t, t = self.gan_loss.noisy_fake(x0, rng)
         with self.accelerator.autocast():
             output, logits = self.critic(x_t, t.to(self.device), text.token_states, text.pooled,
                                          conditioning, with_logits=True)
@@ -263,8 +260,7 @@ class DistillTrainer:
             sketched = sketched_count(self.sketch_fraction, batch, position)
             real_latents, real_text, real_cond = self.assets.real_batch(
                 position, batch, self.rank, self.world, self.encode, config.seed, sketched)
-            real_x_t = self.schedule.add_noise(real_latents, random_noise_like(real_latents, rng),
-                                               t)
+            real_x_t = self.gan_loss.noisy_real(real_latents, t, rng)
             both = TextEmbedding.cat([text, real_text])
             both_cond = None if conditioning is None else torch.cat([conditioning, real_cond])
             with self.accelerator.autocast():

@@ -92,10 +92,26 @@ def test_regression_and_gan_losses():
     a, b = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
     assert float(RegressionLoss("l2")(a, 2 * b)) == pytest.approx(4.0)
     assert float(RegressionLoss("l1")(a, 2 * b)) == pytest.approx(2.0)
-    gan = GanLoss(generator_weight=1e-3, critic_weight=1e-2)
+    gan = GanLoss(SCHEDULE, generator_weight=1e-3, critic_weight=1e-2)
     zero = torch.zeros(3)
     assert float(gan.critic_loss(zero, zero)) == pytest.approx(1e-2 * 2 * math.log(2))
     assert float(gan.generator_loss(zero)) == pytest.approx(1e-3 * math.log(2))
+
+
+def test_the_gan_sees_real_and_student_samples_at_the_same_noise_level():
+    gan = GanLoss(SCHEDULE)
+    x0 = torch.full((2, 4, 2, 2), 0.5, requires_grad=True)
+    x_t, t = gan.noisy_fake(x0, torch.Generator().manual_seed(3))
+    draws = torch.Generator().manual_seed(3)
+    expected_t = torch.randint(0, 1000, (2,), generator=draws)
+    expected = SCHEDULE.add_noise(x0.detach(), torch.randn(x0.shape, generator=draws), expected_t)
+    assert torch.equal(t, expected_t)
+    torch.testing.assert_close(x_t.detach(), expected)
+    x_t.sum().backward()  # the student's graph is kept: the generator learns through it
+    torch.testing.assert_close(x0.grad, SCHEDULE.abar(t, x0).sqrt().expand_as(x0))
+    real = gan.noisy_real(torch.zeros(2, 4, 2, 2), t, torch.Generator().manual_seed(4))
+    noise = torch.randn((2, 4, 2, 2), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(real, (1 - SCHEDULE.abar(t, real)).sqrt() * noise)
 
 
 @pytest.mark.parametrize(("feature_size", "channels"), [(8, 64), (4, 256), (2, 32), (1, 32),
