@@ -153,7 +153,7 @@ def config_from_args(args) -> tuple[object, set[str]]:
 def check_init_folder(folder: Path) -> None:
     """--init-from must name a checkpoint folder (student and critic weights) or a student
     model folder (unet/ weights)."""
-    from engine.distill.setup import init_sources
+    from engine.distill.build import init_sources
 
     missing = [path for path in init_sources(folder).values() if not path.is_file()]
     if missing:
@@ -191,7 +191,7 @@ def prepare_config(args):
     if config.init_from and not args.resume:
         check_init_folder(Path(config.init_from))
     check_layout(resolve_model_dir(config.teacher))
-    from engine.distill.stages import real_data_folder
+    from engine.distill.assets import real_data_folder
 
     real_data_folder(config)
     check_writable_folder(out, "--out")

@@ -18,8 +18,9 @@ import torch
 
 from engine.api import EngineError
 from engine.diffusion.schedule import student_timesteps, timestep_tensor
+from engine.distill import build
 from engine.distill import checkpoint as ckpt
-from engine.distill import setup
+from engine.distill.assets import RunAssets, prepare_assets
 from engine.distill.config import DistillConfig
 from engine.distill.data import (
     default_prompts,
@@ -39,10 +40,10 @@ from engine.distill.losses import (
     random_noise_like,
 )
 from engine.distill.networks import cfg_x0_function, x0_function
+from engine.distill.outputs import export_student_folder, sample_grid, teacher_grid
 from engine.distill.progress import ProgressReporter
 from engine.distill.regression import regression_batch
 from engine.distill.run_folder import RunFolder
-from engine.distill.stages import RunAssets, export_student_folder, prepare_assets, sample_grid
 from engine.distill.text_cache import CaptionEmbeddings
 from engine.runtime.text import TextEmbedding
 
@@ -63,18 +64,18 @@ class DistillTrainer:
     """Owns the networks, optimisers and run folder of one distillation run."""
 
     def __init__(self, config: DistillConfig, reporter: ProgressReporter | None = None):
-        setup.quiet_libraries()
+        build.quiet_libraries()
         self.config = config.resolve()
         self.run = RunFolder(config.out)
         self.stop_requested = False
         self.deadline: float | None = None  # time.monotonic() at which train() stops
         # 1. accelerator and teacher
-        self.accelerator = setup.make_accelerator(config)
+        self.accelerator = build.make_accelerator(config)
         self.reporter = reporter or ProgressReporter(config.progress,
                                                      self.accelerator.is_main_process)
         self.device = self.accelerator.device
         self.reporter.stage("loading teacher", 0, 1)
-        self.parts = setup.load_teacher(config, self.device)
+        self.parts = build.load_teacher(config, self.device)
         self.reporter.stage("loading teacher", 1, 1)
         self.schedule = self.parts.schedule
         top = self.schedule.num_train_timesteps
@@ -83,15 +84,15 @@ class DistillTrainer:
         from accelerate.utils import set_seed
 
         set_seed(config.seed)  # GAN head and LoRA initialisation (identical on every rank)
-        networks = setup.build_networks(config, self.parts, self.device)
+        networks = build.build_networks(config, self.parts, self.device)
         self.teacher = networks.teacher
-        generator_optimizer = setup.make_optimizer(networks.student.parameters(), config,
+        generator_optimizer = build.make_optimizer(networks.student.parameters(), config,
                                                    config.lr)
-        critic_optimizer = setup.make_optimizer(networks.critic.parameters(), config,
+        critic_optimizer = build.make_optimizer(networks.critic.parameters(), config,
                                                 config.critic_lr or config.lr)
-        self.generator_lr = setup.constant_with_warmup(generator_optimizer,
+        self.generator_lr = build.constant_with_warmup(generator_optimizer,
                                                        config.effective_warmup)
-        self.critic_lr = setup.constant_with_warmup(critic_optimizer, config.effective_warmup)
+        self.critic_lr = build.constant_with_warmup(critic_optimizer, config.effective_warmup)
         # LR schedules are stepped here once per step (accelerate's wrapper would step them
         # once per process) and registered so save_state/load_state carry them.
         self.accelerator.register_for_checkpointing(self.generator_lr, self.critic_lr)
@@ -116,6 +117,13 @@ class DistillTrainer:
         config.sketch_fraction = self.sketch_fraction = resolve_sketch_fraction(
             config, self.parts.conditioning_channels, self.parts.latent_channels)
         self.assets: RunAssets | None = None
+
+    def prepare_assets(self) -> RunAssets:
+        """The run's cached inputs (regression pairs, real and sketch latents), kept here."""
+        self.assets = prepare_assets(self.config, self.run, self.parts, self.teacher,
+                                     self.prompts, self.sketch_fraction, self.accelerator,
+                                     self.reporter)
+        return self.assets
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -356,8 +364,11 @@ class DistillTrainer:
             start_step = ckpt.load_checkpoint(accelerator, latest[1])
             if accelerator.is_main_process:
                 run.truncate_metrics(start_step)
-        # 2. cached inputs: regression pairs, real latents
-        self.assets = prepare_assets(self)
+        # 2. cached inputs: regression pairs, real latents; the teacher's grid
+        self.prepare_assets()
+        teacher_png = run.samples_dir / "teacher.png"
+        if config.sample_every and accelerator.is_main_process and not teacher_png.is_file():
+            teacher_grid(self, teacher_png)
         fixed_prompts = sample_prompts(self.prompts, config.sample_count)
         if start_step == 0 and config.sample_every:
             self.write_samples(0, fixed_prompts)

@@ -103,7 +103,7 @@ def test_two_plus_two_steps_resume_to_the_same_weights_as_four(tiny_model_dir, r
 
 def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_dir, tmp_path,
                                                                     one_thread):
-    from engine.distill.setup import build_networks
+    from engine.distill.build import build_networks
     from engine.runtime.loading import load_pipeline
 
     four = tmp_path / "four"
@@ -125,7 +125,7 @@ def test_init_from_starts_a_one_step_run_at_a_four_step_checkpoint(tiny_model_di
 
 def test_init_from_a_student_folder_starts_the_student_there_and_the_critic_at_the_teacher(
         tiny_model_dir, tmp_path, one_thread):
-    from engine.distill.setup import build_networks
+    from engine.distill.build import build_networks
     from engine.runtime.loading import load_pipeline
 
     first = tmp_path / "first"
@@ -144,7 +144,6 @@ def test_init_from_a_student_folder_starts_the_student_there_and_the_critic_at_t
 
 
 def test_critic_warmup_trains_the_critic_alone_first(tiny_model_dir, tmp_path, one_thread):
-    from engine.distill.stages import prepare_assets
     from engine.distill.trainer import DistillTrainer
 
     config = tiny_config(tiny_model_dir, tmp_path / "run", steps=3, method="dmd2",
@@ -159,7 +158,7 @@ def test_critic_warmup_trains_the_critic_alone_first(tiny_model_dir, tmp_path, o
         return any(not torch.equal(v, before[k]) for k, v in network.state_dict().items())
 
     trainer.run.create()
-    trainer.assets = prepare_assets(trainer)
+    trainer.prepare_assets()
     for step in range(2):
         losses = trainer.train_step(step)
         assert "critic_denoise" in losses and "dm" not in losses
