@@ -1,8 +1,6 @@
-"""Student vs teacher: the same prompt and seed through the N-step teacher, with timings."""
+"""Student vs teacher: the two frames of a compare side by side, with their timings."""
 
 from __future__ import annotations
-
-import dataclasses
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPainter, QPaintEvent
@@ -18,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.compare_flow import CompareFlow, CompareUpdate
 from engine.api import GenerateRequest, GenerateResult
 
 
@@ -58,11 +57,8 @@ class PixelView(QWidget):
 
 
 class ComparePanel(QGroupBox):
-    """Runs a compare as two requests in a row on the live service: student, then teacher.
-
-    A live edit in between supersedes the pending request (latest wins), so the compare is
-    abandoned with a note rather than queued.
-    """
+    """Shows a CompareFlow (app/compare_flow.py): the two frames, their timings, the teacher's
+    steps and guidance."""
 
     submit_requested = Signal(object)  # GenerateRequest to send to the live engine
 
@@ -96,65 +92,34 @@ class ComparePanel(QGroupBox):
         layout.addWidget(self.compare_button)
         layout.addWidget(self.summary)
         layout.addStretch(1)
-        self._pending: GenerateRequest | None = None  # the student request being compared
-        self._student_id: int | None = None
-        self._teacher_id: int | None = None
-        self._student_ms = 0.0
+        self.flow = CompareFlow()
 
     @property
     def running(self) -> bool:
-        return self._student_id is not None or self._teacher_id is not None
+        return self.flow.running
 
     def start(self, request: GenerateRequest) -> None:
         """Begin a compare for this (student) request."""
-        self._pending = dataclasses.replace(request, teacher_steps=0, preview_steps=0)
-        self._student_id = self._teacher_id = None
-        self.summary.setText("Rendering the student…")
-        self.compare_button.setEnabled(False)
-        self.submit_requested.emit(self._pending)
+        self._apply(self.flow.start(request))
 
     def note_submitted(self, request_id: int | None, request: GenerateRequest) -> None:
         """Called for every submit: remembers our ids, abandons on a foreign request."""
-        if self._pending is None:
-            return
-        if request_id is None:
-            self._abandon("No model is loaded; load one in the Engine tab.")
-        elif request.teacher_steps:
-            self._teacher_id = request_id
-        elif request is self._pending:
-            self._student_id = request_id
-        else:
-            self._abandon("A new edit replaced the compare; press Compare again.")
+        self._apply(self.flow.note_submitted(request_id, request))
 
     def handle_result(self, result: GenerateResult, request: GenerateRequest,
                       image: QImage | None) -> None:
-        if result.request_id == self._student_id:
-            self._student_id = None
-            if not result.ok:
-                self._abandon(f"Student failed: {result.error}")
-                return
-            self.student_view.set_image(image)
-            self._student_ms = result.timings.total_ms
-            self.summary.setText(f"Rendering the teacher ({self.teacher_steps.value()} steps)…")
-            teacher = dataclasses.replace(self._pending, teacher_steps=self.teacher_steps.value(),
-                                          guidance=float(self.guidance.value()))
-            self.submit_requested.emit(teacher)
-        elif result.request_id == self._teacher_id:
-            self._teacher_id = None
-            self._pending = None
-            self.compare_button.setEnabled(True)
-            if not result.ok:
-                self.summary.setText(f"Teacher failed: {result.error}")
-                return
-            self.teacher_view.set_image(image)
-            teacher_ms = result.timings.total_ms
-            speed_up = teacher_ms / self._student_ms if self._student_ms > 0 else float("nan")
-            self.summary.setText(
-                f"student {self._student_ms:.0f} ms · teacher {teacher_ms:.0f} ms "
-                f"({request.teacher_steps} steps) · {speed_up:.1f}× faster")
+        self._apply(self.flow.handle_result(result, request, self.teacher_steps.value(),
+                                            self.guidance.value()), image)
 
-    def _abandon(self, note: str) -> None:
-        self._pending = None
-        self._student_id = self._teacher_id = None
-        self.compare_button.setEnabled(True)
-        self.summary.setText(note)
+    def _apply(self, update: CompareUpdate | None, image: QImage | None = None) -> None:
+        if update is None:
+            return
+        if update.show is not None:
+            view = self.student_view if update.show == "student" else self.teacher_view
+            view.set_image(image)
+        if update.summary is not None:
+            self.summary.setText(update.summary)
+        if update.compare_enabled is not None:
+            self.compare_button.setEnabled(update.compare_enabled)
+        if update.submit is not None:
+            self.submit_requested.emit(update.submit)

@@ -1,24 +1,31 @@
-"""The Live tab: prompt, canvas, mode, seed, steps, meter and compare, all request-driven.
+"""The Live tab: prompt, canvas, mode, seed, steps, meter and compare, all request-driven;
+its files, clipboard and recipes (open, paste or drop an image to edit, save a frame with
+its recipe, set every input back to a saved frame's recipe).
 
 Every input change snapshots the state into a frozen GenerateRequest and submits it; the
 service's single-slot mailbox drops stale ones, so there is no button and no debounce. A
 multi-step frame may be shown first at one step and refined when the input pauses: always,
 never, or (auto) only while the full frame is expected to take longer than DIRECT_FRAME_MS.
+A round of Variations is a VariationRound (app/variations.py), a Compare a CompareFlow
+(app/compare_flow.py): the tab submits their requests and shows their frames.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
+from pathlib import Path
 
 from PySide6.QtCore import QStringListModel, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QColor, QGuiApplication, QIcon, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QColorDialog,
     QComboBox,
     QCompleter,
+    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -33,23 +40,23 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import LiveEngine
-from app.canvas import Canvas, array_to_qimage
+from app.canvas import Canvas, array_to_qimage, sketch_layer_from_white
 from app.compare_panel import ComparePanel
 from app.history import HistoryEntry, HistoryStrip
-from app.live_files import MAX_SEED, LiveFilesMixin
 from app.meter import FrameRate, format_meter
 from app.settings import AppSettings, history_folder
-from engine.api import GenerateRequest, GenerateResult
-from engine.recipe import Recipe
+from app.variations import MAX_SEED, VARIATIONS, VariationRound
+from engine.api import EngineError, GenerateRequest, GenerateResult
+from engine.recipe import Recipe, read_recipe, text_chunks
 from engine.service import DIRECT_FRAME_MS
 
 MODES = (("Text", "text"), ("Sketch", "sketch"), ("Image edit", "edit"))
-VARIATIONS = 4  # seeds per click of Variations
 PREVIEW_MODES = (("Preview: auto", "auto"), ("Preview: always", "always"),
                  ("Preview: off", "off"))
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.webp)"
 
 
-class LiveTab(LiveFilesMixin, QWidget):
+class LiveTab(QWidget):
     status_message = Signal(str)  # for the main window's status bar
 
     def __init__(self, engine: LiveEngine, settings: AppSettings, parent: QWidget | None = None):
@@ -58,8 +65,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.last_frame_request: GenerateRequest | None = None
         self.last_result: GenerateResult | None = None
         self.frame_recipe: Recipe | None = None  # what made the frame on the canvas
-        self._waiting_variations: list[GenerateRequest] = []
-        self._variation_ids: set[int] = set()
+        self.variations = VariationRound()  # Variations' frames go to the history strip
         self.frame_rate = FrameRate()
         self.canvas = Canvas()
         self.canvas.brush_size = settings.brush_size
@@ -335,7 +341,7 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.submit_request(self.build_request())
 
     def submit_request(self, request: GenerateRequest) -> None:
-        self._waiting_variations.clear()  # a new input ends a round of variations
+        self.variations.stop()  # a new input ends a round of variations
         try:
             request_id = self.engine.submit(request)
         except Exception as error:  # noqa: BLE001 - e.g. a closed service; never crash the UI
@@ -365,25 +371,22 @@ class LiveTab(LiveFilesMixin, QWidget):
             return
         if self.engine.busy:
             return
-        base = self.build_request()
-        self._waiting_variations[:] = [replace(base, seed=random.randint(0, MAX_SEED),
-                                               preview_steps=0) for _ in range(VARIATIONS)]
+        self.variations.start(self.build_request())
         self._submit_next_variation()
 
     def _submit_next_variation(self) -> None:
-        if not self._waiting_variations:
+        request = self.variations.next_request()
+        if request is None:
             return
         try:
-            request_id = self.engine.submit(self._waiting_variations.pop(0))
+            request_id = self.engine.submit(request)
         except Exception as error:  # noqa: BLE001 - as in submit_request
             self.status_message.emit(f"Could not submit: {error}")
             return
-        if request_id is not None:
-            self._variation_ids.add(request_id)
+        self.variations.sent(request_id)
 
     def _on_result(self, result: GenerateResult, request: GenerateRequest) -> None:
-        if result.request_id in self._variation_ids:
-            self._variation_ids.discard(result.request_id)
+        if self.variations.take(result.request_id):
             if result.ok:
                 self.history.add(HistoryEntry(array_to_qimage(result.image),
                                               self.recipe_of(result)))
@@ -495,4 +498,151 @@ class LiveTab(LiveFilesMixin, QWidget):
         self.settings.preview = self.preview_combo.currentData()
         self.settings.teacher_steps = self.compare.teacher_steps.value()
         self.settings.teacher_guidance = float(self.compare.guidance.value())
+
+    # -- files, clipboard and recipes ---------------------------------------------------------
+    def recipe_of(self, result: GenerateResult) -> Recipe:
+        """What made this frame (a preview's recipe asks for the preview's step count)."""
+        request = result.request
+        if result.preview:  # the service drew it at the request's preview step count
+            request = replace(request, steps=request.preview_steps, preview_steps=0)
+        return Recipe.from_request(request, self.engine.description, result.backend)
+
+    def edit_image(self, image: QImage, name: str) -> bool:
+        """Make an image the one Image edit mode paints over and edits."""
+        if image.isNull():
+            self.status_message.emit(f"Could not read {name} as an image.")
+            return False
+        self.canvas.set_base_image(image)
+        if self.mode == "edit":
+            self.submit_current()
+        else:
+            self.set_mode("edit")
+        self.status_message.emit(f"Editing {name}")
+        return True
+
+    def open_image(self, path: str) -> bool:
+        if not self.edit_image(QImage(path), path):
+            return False
+        self.settings.last_image_folder = str(Path(path).parent)
+        if self._file_recipe(path, quiet=True) is not None:
+            self.status_message.emit(f"Editing {Path(path).name}; it was saved by DMD Studio: "
+                                     "Open recipe… draws it again instead.")
+        return True
+
+    def _open_image_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image to edit",
+                                              self.settings.last_image_folder, IMAGE_FILTER)
+        if path:
+            self.open_image(path)
+
+    def copy_frame(self) -> None:
+        if self.canvas.frame is None:
+            self.status_message.emit("There is no generated image to copy yet.")
+            return
+        QGuiApplication.clipboard().setImage(self.canvas.frame)
+        self.status_message.emit("Copied the image.")
+
+    def paste_image(self) -> None:
+        image = QGuiApplication.clipboard().image()
+        if image.isNull():
+            self.status_message.emit("The clipboard holds no image.")
+            return
+        self.edit_image(image, "the pasted image")
+
+    def _file_recipe(self, path: str, quiet: bool = False) -> Recipe | None:
+        try:
+            recipe = read_recipe(path)
+        except EngineError as error:
+            recipe, problem = None, str(error)
+        else:
+            problem = f"{Path(path).name} has no DMD Studio recipe (it was not saved by DMD " \
+                      "Studio)."
+        if recipe is None and not quiet:
+            self.status_message.emit(problem)
+        return recipe
+
+    def restore_recipe_file(self, path: str) -> bool:
+        recipe = self._file_recipe(path)
+        if recipe is not None:
+            self.settings.last_image_folder = str(Path(path).parent)
+            self.restore_recipe(recipe)
+        return recipe is not None
+
+    def _open_recipe_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a saved image's recipe",
+                                              self.settings.last_image_folder, "PNG (*.png)")
+        if path:
+            self.restore_recipe_file(path)
+
+    def restore_recipe(self, recipe: Recipe) -> None:
+        """Set the prompt, seed, steps, mode, strength and sketch (undoably) or edited image
+        back to a recipe's, then draw one frame. A text recipe leaves the sketch alone."""
+        inputs = (self.prompt_edit, self.seed_spin, self.steps_combo, self.mode_combo,
+                  self.strength_slider, self.masked_box, self.canvas)
+        for widget in inputs:
+            widget.blockSignals(True)
+        try:
+            self.prompt_edit.setText(recipe.prompt)
+            self.seed_lock.setChecked(True)
+            seed = min(max(recipe.seed, 0), MAX_SEED)
+            self.seed_spin.setValue(seed)
+            steps_index = self.steps_combo.findData(recipe.steps)
+            if steps_index >= 0:
+                self.steps_combo.setCurrentIndex(steps_index)
+            self.strength_slider.setValue(round(recipe.strength * 100))
+            self.strength_label.setText(f"{recipe.strength:.2f}")
+            self.set_mode(recipe.mode)
+            if recipe.mode == "sketch" and recipe.sketch is not None:
+                self.canvas.replace_sketch(sketch_layer_from_white(recipe.sketch), "Restore")
+            elif recipe.mode == "edit" and recipe.init_image is not None:
+                self.canvas.set_base_image(array_to_qimage(recipe.init_image))
+                self.canvas.replace_sketch(self.canvas.blank_sketch(), "Restore", recipe.mask)
+                self.masked_box.setChecked(recipe.mask is not None)
+                self.settings.masked_edit = recipe.mask is not None
+        finally:
+            for widget in inputs:
+                widget.blockSignals(False)
+        self._on_mode_changed()
+        self._on_steps_changed()
+        self.submit_current()
+        notes = [" (the student draws it; the recipe used the teacher)"] \
+            if recipe.teacher_steps else []
+        if seed != recipe.seed:
+            notes.append(f" (seed {seed}: the app's seeds lie in 0...{MAX_SEED})")
+        self.status_message.emit(f"Restored {recipe.describe()}{''.join(notes)}")
+
+    def save(self, what: str, path: str) -> bool:
+        """Save the frame ("image", with its recipe) or the sketch layer ("sketch") as PNG,
+        atomically; a saved frame joins the history."""
+        try:
+            if what == "image":
+                recipe = self.frame_recipe
+                self.canvas.save_frame(path, text_chunks(recipe) if recipe else None)
+                if recipe is not None:
+                    self.history.keep_pending()
+                    self.history.add(HistoryEntry(self.canvas.frame, recipe))
+            else:
+                self.canvas.save_sketch(path)
+        except OSError as error:
+            self.status_message.emit(str(error))
+            return False
+        self.settings.last_save_folder = str(Path(path).parent)
+        self.status_message.emit(f"Saved {path}")
+        return True
+
+    def default_save_name(self, what: str) -> str:
+        """'red-apple-seed-7.png' for the frame (from its recipe), 'sketch.png' otherwise."""
+        recipe = self.frame_recipe if what == "image" else None
+        if recipe is None:
+            return f"{what}.png"
+        words = re.findall(r"[\w]+", recipe.prompt.lower())
+        stem = "-".join(words)[:48].strip("-") or "image"
+        return f"{stem}-seed-{recipe.seed}.png"
+
+    def _save_dialog(self, what: str) -> None:
+        folder = Path(self.settings.last_save_folder or Path.home())
+        default = str(folder / self.default_save_name(what))
+        path, _ = QFileDialog.getSaveFileName(self, f"Save {what}", default, "PNG (*.png)")
+        if path:
+            self.save(what, path if path.lower().endswith(".png") else path + ".png")
 
