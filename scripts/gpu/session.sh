@@ -58,7 +58,8 @@ recall() {  # recall MODEL NAME [flags]: recall_* and phrase_* by the shipped re
 recall runs/gpu-teacher/model teacher --teacher-steps 20 --guidance 4
 $PY -m engine distill --teacher runs/gpu-teacher/model --out runs/gpu-student \
     --real-data .gpu/pack --device "$DEVICE" --batch "$DISTILL_BATCH" --lr "$DISTILL_LR" \
-    --regression-pairs "$PAIRS" --gan-weight 1e-3 --steps 100000 --max-minutes "$DISTILL_MIN" \
+    --regression-pairs "$PAIRS" --regression-weight 0.25 --gan-weight 1e-3 --steps 100000 \
+    --max-minutes "$DISTILL_MIN" \
     --checkpoint-every 100000 --sample-every 250 --log-every 25 --progress json \
     > "$LOGS/distill.log" 2>&1
 [ -f runs/gpu-student/student/unet/config.json ] && ship runs/gpu-student/student/unet student \
