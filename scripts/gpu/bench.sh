@@ -2,7 +2,7 @@
 # First call of the two-call refine on a remote GPU host (runs ON the host, from the repo root; see
 # docs/gpu-session.md, "Refining the shipped student"): installs the carried wheels into
 # /tmp/site and stages the latent pack in /tmp/dmd (both stay while the machine is warm, for
-# scripts/gpu/refine.sh), then benchmarks the SD-1.5-shaped frame into $OUT.
+# scripts/gpu/refine.sh), then benchmarks the SD-1.5-shaped frame into ${OUT}.
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}; PY=${PY:-python3}
 STAGE=${STAGE:-/tmp/dmd}
@@ -15,8 +15,8 @@ fi
 nvidia-smi -L 2>/dev/null || true
 # the tests that need CUDA (skipped on the CPU machine): real CUDA graphs against eager frames
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/engine/test_cuda_graphs.py \
-    > "$OUT/cuda-tests.log" 2>&1; echo "cuda tests exit $?"; tail -3 "$OUT/cuda-tests.log"
+    > "${OUT}/cuda-tests.log" 2>&1; echo "cuda tests exit $?"; tail -3 "${OUT}/cuda-tests.log"
 COMPILE=${COMPILE:-none}
 timeout "${BENCH_SECONDS:-120}" $PY -m engine bench --arch sd15 --device cuda \
-    --compile "$COMPILE" --json > "$OUT/bench-sd15-$COMPILE.json" 2> "$OUT/bench-sd15-$COMPILE.log"
-echo "bench exit $?"; cat "$OUT/bench-sd15-$COMPILE.json"; tail -5 "$OUT/bench-sd15-$COMPILE.log"
+    --compile "$COMPILE" --json > "${OUT}/bench-sd15-$COMPILE.json" 2> "${OUT}/bench-sd15-$COMPILE.log"
+echo "bench exit $?"; cat "${OUT}/bench-sd15-$COMPILE.json"; tail -5 "${OUT}/bench-sd15-$COMPILE.log"

@@ -18,10 +18,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 RUN=runs/gpu-refine; TEACHER=$STAGE/teacher; INIT=$STAGE/init-student
 rm -rf "$RUN" "$TEACHER" "$INIT"; mkdir -p "$RUN/logs" "$TEACHER/unet" "$INIT/unet"
 finish() {
-    tar czf "$OUT/results.tar.gz" -C runs --ignore-failed-read gpu-refine/logs \
+    tar czf "${OUT}/results.tar.gz" -C runs --ignore-failed-read gpu-refine/logs \
         gpu-refine/samples gpu-refine/metrics.jsonl gpu-refine/config.json \
         gpu-refine/student/student.json 2>/dev/null
-    ls -la "$OUT"
+    ls -la "${OUT}"
 }
 trap finish EXIT
 W=diffusion_pytorch_model.safetensors
@@ -43,7 +43,7 @@ $PY -m engine distill --teacher "$TEACHER" --out "$RUN" --init-from "$INIT" --me
 echo "distill exit $?"; grep -v '"event": "progress"' "$RUN/logs/distill.log" | tail -5
 ship() {  # ship WEIGHTS NAME: fp16 delta to the teacher, in 15 MiB parts
     $PY scripts/gpu/delta.py delta "$TEACHER/unet/$W" "$1" "$STAGE/$2.xz" &&
-        split -b 15M -d "$STAGE/$2.xz" "$OUT/$2.xz.part"
+        split -b 15M -d "$STAGE/$2.xz" "${OUT}/$2.xz.part"
 }
 [ -f "$RUN/student/unet/$W" ] && ship "$RUN/student/unet/$W" student-delta
 mapfile -t points < <(ls -d "$RUN"/checkpoints/step-* 2>/dev/null | sort -t- -k2 -n)

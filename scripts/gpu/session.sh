@@ -2,7 +2,7 @@
 # One call on a remote GPU host (runs ON it, from the repo root): train the embedded teacher
 # at a large batch from the latent pack (every image, captions and their phrasings), score its
 # recall, distill the student from it and score that, bench the SD-1.5-shaped frame; results
-# go to $OUT (see docs/gpu-session.md).
+# go to ${OUT} (see docs/gpu-session.md).
 # Environment knobs (defaults for an H100): TEACHER_MIN, DISTILL_MIN, DEVICE, TEACHER_BATCH,
 # TEACHER_LR, DISTILL_BATCH, DISTILL_LR, PAIRS, COMPILE (1: torch.compile the teacher),
 # RECALL_NAMES and PHRASES (how many names and prompts eval draws), BENCH (0 skips the bench).
@@ -22,22 +22,22 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 rm -rf runs/gpu-teacher runs/gpu-student runs/gpu-logs  # a warm machine keeps runs/
 LOGS=runs/gpu-logs; mkdir -p "$LOGS"
 finish() {  # on any exit: logs, samples, metrics and configs in one archive (<= 8 files back)
-    tar czf "$OUT/results.tar.gz" -C runs --ignore-failed-read gpu-logs gpu-teacher/samples \
+    tar czf "${OUT}/results.tar.gz" -C runs --ignore-failed-read gpu-logs gpu-teacher/samples \
         gpu-teacher/metrics.jsonl gpu-teacher/config.json gpu-teacher/model/unet/config.json \
         gpu-teacher/model/training.json gpu-student/samples gpu-student/metrics.jsonl \
         gpu-student/config.json gpu-student/student/student.json \
         gpu-student/student/unet/config.json 2>/dev/null
-    ls -la "$OUT"
+    ls -la "${OUT}"
 }
 trap finish EXIT
 quiet() { tr '\r' '\n' | grep -v -E '[0-9]+%\|' ; }  # drop progress-bar redraws
-ship() {  # ship UNET_DIR NAME: xz the fp16 weights into 15 MiB parts under $OUT (<= 16 MiB)
+ship() {  # ship UNET_DIR NAME: xz the fp16 weights into 15 MiB parts under ${OUT} (<= 16 MiB)
     if command -v xz >/dev/null; then
-        xz -T0 -6 -c "$1/diffusion_pytorch_model.safetensors" | split -b 15M -d - "$OUT/$2-unet.xz.part"
+        xz -T0 -6 -c "$1/diffusion_pytorch_model.safetensors" | split -b 15M -d - "${OUT}/$2-unet.xz.part"
     else
         $PY -c "import lzma,sys; d=lzma.compress(open(sys.argv[1],'rb').read()); n=15*2**20
 [open(f'{sys.argv[2]}{i//n:02d}','wb').write(d[i:i+n]) for i in range(0,len(d),n)]" \
-            "$1/diffusion_pytorch_model.safetensors" "$OUT/$2-unet.xz.part"
+            "$1/diffusion_pytorch_model.safetensors" "${OUT}/$2-unet.xz.part"
     fi
 }
 nvidia-smi -L 2>/dev/null || true
