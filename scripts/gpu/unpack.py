@@ -1,6 +1,6 @@
-"""Turn what a remote GPU run sent back ($OUT of scripts/gpu/session.sh) into local model folders.
+"""Turn what a remote GPU run sent back (the results folder of scripts/gpu/session.sh) into local model folders.
 
-python scripts/gpu/unpack.py FILES_AT [--into runs]
+python scripts/gpu/unpack.py RESULTS_DIR [--into runs]
 -> from session.sh: runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package),
    runs/gpu-student/student (loadable student); from refine.sh: runs/gpu-refine/student and
    runs/gpu-refine/student-middle (the shipped teacher + the deltas that came back); plus the
@@ -22,9 +22,9 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 
-def joined_weights(files_at: Path, name: str, target: Path) -> bool:
+def joined_weights(results_dir: Path, name: str, target: Path) -> bool:
     """Concatenate NAME.xz.partNN in order, decompress to target; False if absent."""
-    parts = sorted(files_at.glob(f"{name}.xz.part*"))
+    parts = sorted(results_dir.glob(f"{name}.xz.part*"))
     if not parts:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def joined_weights(files_at: Path, name: str, target: Path) -> bool:
     return True
 
 
-def unpack_refined(files_at: Path, run: Path) -> None:
+def unpack_refined(results_dir: Path, run: Path) -> None:
     """refine.sh's deltas + the shipped teacher -> loadable student folders in run."""
     from delta import applied
     from diffusers import UNet2DConditionModel
@@ -54,7 +54,7 @@ def unpack_refined(files_at: Path, run: Path) -> None:
     student_json = json.loads((run / "student" / "student.json").read_text())
     for name, folder in (("student-delta", "student"), ("middle-delta", "student-middle")):
         delta_file = run / f"{name}.safetensors"
-        if not joined_weights(files_at, name, delta_file):
+        if not joined_weights(results_dir, name, delta_file):
             print(f"no {name} came back")
             continue
         unet = UNet2DConditionModel.from_config(
@@ -72,17 +72,17 @@ def main() -> int:
     from engine.embedded.export import export_model_folder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files_at", type=Path)
+    parser.add_argument("results_dir", type=Path)
     parser.add_argument("--into", type=Path, default=REPO / "runs")
     args = parser.parse_args()
-    with tarfile.open(args.files_at / "results.tar.gz") as tar:
+    with tarfile.open(args.results_dir / "results.tar.gz") as tar:
         tar.extractall(args.into, filter="data")
-    if any(args.files_at.glob("student-delta.xz.part*")):  # refine.sh sent these
-        unpack_refined(args.files_at, args.into / "gpu-refine")
+    if any(args.results_dir.glob("student-delta.xz.part*")):  # refine.sh sent these
+        unpack_refined(args.results_dir, args.into / "gpu-refine")
         return 0
     teacher_run = args.into / "gpu-teacher"
     unet_dir = teacher_run / "model" / "unet"
-    if not joined_weights(args.files_at, "teacher-unet", unet_dir / WEIGHTS):
+    if not joined_weights(args.results_dir, "teacher-unet", unet_dir / WEIGHTS):
         print("no teacher weights came back")
         return 1
     training = json.loads((teacher_run / "model" / "training.json").read_text())
@@ -92,7 +92,7 @@ def main() -> int:
     print(f"teacher: {teacher_dir} (step {training.get('teacher_steps')})")
     student_run = args.into / "gpu-student"
     student_unet_dir = student_run / "student" / "unet"
-    if joined_weights(args.files_at, "student-unet",
+    if joined_weights(args.results_dir, "student-unet",
                       student_unet_dir / WEIGHTS):
         student_json = json.loads((student_run / "student" / "student.json").read_text())
         student = UNet2DConditionModel.from_pretrained(str(student_unet_dir))
