@@ -1,4 +1,4 @@
-"""Turn what a remote GPU run sent back (the results folder of scripts/gpu/session.sh) into local model folders.
+"""Turn the results folder of a remote GPU run (scripts/gpu/session.sh) into model folders.
 
 python scripts/gpu/unpack.py RESULTS_DIR [--into runs]
 -> from session.sh: runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package),
