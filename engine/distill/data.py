@@ -18,6 +18,9 @@ EMBEDDED_DATA_DIR = REPO_DIR / "data" / "emoji"
 EMBEDDED_TEACHERS = ("embedded", "embedded-teacher")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SKETCH_FOLDER = "sketches"  # --real-data DIR/sketches/NAME.png: the sketch of DIR/NAME.png
+# Prompts per emoji caption in the embedded teacher's default distillation set: the caption
+# and two phrasings (11,292 prompts; the caption store keeps them all, see text_cache.py).
+DISTILL_PHRASINGS = 3
 
 GENERIC_PROMPTS = [
     "a photograph of a red fox in the snow", "a bowl of ramen, studio lighting",
@@ -70,10 +73,24 @@ def embedded_captions(folder: Path = EMBEDDED_DATA_DIR) -> list[str] | None:
     return sorted(set(captions)) or None
 
 
+def embedded_prompts(folder: Path = EMBEDDED_DATA_DIR,
+                     per_caption: int = DISTILL_PHRASINGS) -> list[str] | None:
+    """The embedded teacher's training captions, each with its first per_caption - 1 phrasings
+    ("a penguin", "penguin emoji"; never an evaluation prompt), so the student learns what
+    people type as well as the names."""
+    from engine.embedded.phrases import PHRASE_TABLE, training_phrasings
+
+    captions = embedded_captions(folder)
+    if captions is None or not PHRASE_TABLE.is_file():
+        return captions
+    lists = training_phrasings(captions)
+    return sorted({text for texts in lists for text in texts[:per_caption]})
+
+
 def default_prompts(teacher: str, prompts_file: str | None,
                     real_data: str | None = None) -> list[str]:
     """--prompts FILE, else the training captions of a latent pack given as --real-data, else
-    the emoji captions for the embedded teacher, else a generic list."""
+    the emoji captions and phrasings for the embedded teacher, else a generic list."""
     from engine.embedded.pack import is_pack, pack_captions
 
     if prompts_file:
@@ -81,7 +98,7 @@ def default_prompts(teacher: str, prompts_file: str | None,
     if is_pack(real_data):
         return sorted(set(pack_captions(Path(real_data))))
     if teacher in EMBEDDED_TEACHERS:
-        return embedded_captions() or list(EMOJI_PROMPTS)
+        return embedded_prompts() or list(EMOJI_PROMPTS)
     return list(GENERIC_PROMPTS)
 
 

@@ -112,7 +112,8 @@ class DistillTrainer:
         # 4. prompts, unconditional embedding, share of sketch-conditioned samples (resolved
         #    here so config.json and resumes record the value used)
         self.prompts = default_prompts(config.teacher, config.prompts, config.real_data)
-        self.captions = CaptionEmbeddings(self.parts.text_encoder, self.device, self.prompts)
+        self.captions = CaptionEmbeddings(self.parts.text_encoder, self.device, self.prompts,
+                                          capacity=min(max(8192, len(self.prompts)), 16384))
         self.uncond = self.encode([""])
         config.sketch_fraction = self.sketch_fraction = resolve_sketch_fraction(
             config, self.parts.conditioning_channels, self.parts.latent_channels)

@@ -170,3 +170,15 @@ def test_suggestions_add_the_emojis_names_and_keywords():
     assert listed == sorted(set(listed))
     shipped = (Path(__file__).parents[2] / "assets/models/student/prompts.txt").read_text()
     assert {"coffee", "flag of Japan", "red apple"} <= set(shipped.splitlines())
+
+
+def test_embedded_distillation_prompts_add_two_phrasings_per_caption(tmp_path):
+    from engine.distill.data import DISTILL_PHRASINGS, embedded_prompts
+
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "captions.json").write_text('["penguin", "red apple", "hot beverage"]')
+    prompts = embedded_prompts(tmp_path)
+    assert {"penguin", "red apple", "hot beverage"} <= set(prompts)
+    assert len(prompts) == 3 * DISTILL_PHRASINGS
+    assert any("penguin" in p and p != "penguin" for p in prompts)
+    assert not set(prompts) & excluded_prompts()
