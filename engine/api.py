@@ -91,6 +91,22 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class ModelOptions:
+    """How to load a model beyond its path; None keeps what the model itself says."""
+
+    unet: str | None = None  # a UNet-only file or folder replacing the model's UNet
+    student_timesteps: tuple[int, ...] | None = None  # e.g. (399,) for DMD2's SDXL one-step
+    size: int | None = None  # image size in pixels (SD-Turbo and SDXL-Turbo render 512)
+    prediction: str | None = None  # "epsilon" or "v_prediction" (a single file's schedule)
+
+    @property
+    def changes_model(self) -> bool:
+        """Whether the loaded model differs from the one its path names."""
+        return any(value is not None for value in (self.unet, self.student_timesteps,
+                                                   self.size, self.prediction))
+
+
+@dataclass(frozen=True)
 class StageTimings:
     """Wall-clock milliseconds per stage of one generation."""
 

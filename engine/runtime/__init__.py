@@ -6,7 +6,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from engine.api import BACKENDS, ONNX_BACKENDS, EngineError, InvalidRequestError
+from engine.api import BACKENDS, ONNX_BACKENDS, EngineError, InvalidRequestError, ModelOptions
 
 # "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
 # its export takes seconds and its frames are ~2x faster than eager torch there
@@ -57,7 +57,20 @@ def load_teacher_backend(backend):
     return create_backend(teacher_id, backend.name, requested_device(backend))
 
 
-def choose_backend(model: str, device: str = "auto") -> str:
+def onnx_unsupported_reason(model: str, options: ModelOptions | None = None) -> str | None:
+    """Why the ONNX export cannot run this model as asked (an SDXL-family model, a replaced
+    UNet or other load options), or None when it can."""
+    from engine.runtime.loading import resolve_model_dir
+
+    if options is not None and options.changes_model:
+        return "The ONNX export covers a model as its folder stores it, without load options"
+    folder = resolve_model_dir(model)
+    if (folder / "text_encoder_2").is_dir():
+        return "The ONNX export does not cover SDXL's second text encoder and size conditioning"
+    return None
+
+
+def choose_backend(model: str, device: str = "auto", options: ModelOptions | None = None) -> str:
     """What "auto" means for this model and device: onnx on a CPU for a small model (or an
     onnx export folder) or on a device only onnx has, torch on CUDA, MPS or for a big model."""
     from engine.runtime.loading import resolve_model_dir
@@ -66,6 +79,8 @@ def choose_backend(model: str, device: str = "auto") -> str:
     if device.split(":")[0] in ONNX_ONLY_DEVICES:
         return "onnx"
     if pick_device(device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+        return "torch"
+    if onnx_unsupported_reason(model, options):
         return "torch"
     folder = resolve_model_dir(model)
     if (folder / "manifest.json").is_file() and not (folder / "unet").is_dir():
@@ -76,18 +91,31 @@ def choose_backend(model: str, device: str = "auto") -> str:
     return "onnx" if 0 < size <= AUTO_ONNX_MAX_UNET_BYTES else "torch"
 
 
+def torch_instead(model: str, device: str, options: ModelOptions | None, notice: str):
+    """The torch backend, with a logged notice of why it runs instead of onnx."""
+    log.warning(notice)
+    runtime = create_backend(model, "torch", device, options=options)
+    runtime.notice = notice
+    return runtime
+
+
 def create_backend(model: str, backend: str = "torch", device: str = "auto",
-                   onnx_threads: int | None = None):
-    """Load a model folder into the named backend ("auto": see choose_backend); onnx_threads
-    sets onnxruntime's intra-op threads (default: one per physical core)."""
+                   onnx_threads: int | None = None, options: ModelOptions | None = None):
+    """Load a model into the named backend ("auto": see choose_backend); onnx_threads sets
+    onnxruntime's intra-op threads (default: one per physical core); options: see ModelOptions."""
     if backend == "auto":
-        backend = choose_backend(model, device)
+        backend = choose_backend(model, device, options)
     if backend == "torch":
         from engine.runtime.torch_backend import TorchBackend
 
         restore_torch_threads()
-        return TorchBackend.load(model, device)
+        return TorchBackend.load(model, device, options=options)
     if backend in ONNX_BACKENDS:
+        if device.split(":")[0] not in ONNX_ONLY_DEVICES:
+            reason = onnx_unsupported_reason(model, options)
+            if reason:
+                return torch_instead(model, device, options,
+                                     f"{reason}; running PyTorch instead.")
         try:
             from engine.runtime.onnx_backend import OnnxBackend
         except ModuleNotFoundError as error:
@@ -97,9 +125,5 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto",
         try:
             return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
         except NoExportCacheError as error:  # a read-only model folder and home
-            notice = f"{error} Running PyTorch instead."
-            log.warning(notice)
-            runtime = create_backend(model, "torch", device)
-            runtime.notice = notice
-            return runtime
+            return torch_instead(model, device, options, f"{error} Running PyTorch instead.")
     raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from engine.api import ModelLoadError, os_error_message
+from engine.api import ModelLoadError, ModelOptions, os_error_message
 from engine.diffusion.schedule import NoiseSchedule
 from engine.paths import ASSETS_ROOT
 from engine.runtime.text import TextEncoder, load_text_encoder
@@ -18,6 +18,7 @@ from engine.untrusted import read_json_file
 ASSETS_DIR = ASSETS_ROOT / "models"  # a clone's assets/models, or the installed wheel's
 EMBEDDED_NAMES = {"embedded": "teacher", "embedded-teacher": "teacher",
                   "embedded-student": "student"}
+VAE_SCALE = 8  # pixels per latent pixel, in every supported autoencoder
 PROMPTS_FILE = "prompts.txt"  # optional: prompt suggestions, one per line
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "scheduler/*", "text_encoder/*",
@@ -37,6 +38,7 @@ class PipelineParts:
     image_size: int  # pixels, square
     latent_channels: int
     student_config: dict = field(default_factory=dict)  # student.json ({} for a teacher)
+    time_ids: torch.Tensor | None = None  # (1, 6) SDXL size/crop conditioning, on the device
 
     @property
     def conditioning_channels(self) -> int:
@@ -45,11 +47,13 @@ class PipelineParts:
 
     @property
     def uses_pooled_text(self) -> bool:
-        return self.unet.config.class_embed_type == "projection"
+        from engine.runtime.sdxl import uses_pooled_text
+
+        return uses_pooled_text(self.unet)
 
     @property
     def latent_size(self) -> int:
-        return int(self.unet.config.sample_size)
+        return self.image_size // VAE_SCALE
 
 
 def read_prompt_suggestions(model_dir: Path) -> list[str]:
@@ -154,26 +158,60 @@ def check_layout(model_dir: Path) -> None:
 
 
 def load_pipeline(model: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                  unet_dir: Path | None = None) -> PipelineParts:
-    """Load text encoder, UNet, autoencoder, schedule and student.json of a model folder."""
+                  unet_dir: Path | None = None, options: ModelOptions | None = None
+                  ) -> PipelineParts:
+    """Load text encoder, UNet, autoencoder, schedule and student.json of a model folder
+    (SD 1.x/2.x, SDXL, the embedded model), with options (engine.api.ModelOptions) applied."""
     import diffusers
-    from diffusers import UNet2DConditionModel
 
     diffusers.utils.logging.set_verbosity_error()
+    options = options or ModelOptions()
+    parts = load_model_folder(model, device, dtype or torch.float32, unet_dir, options.size)
+    if options.prediction:
+        parts.schedule = replace(parts.schedule, prediction_type=options.prediction)
+    return parts
+
+
+def load_model_folder(model: str | Path, device, dtype: torch.dtype, unet_dir: Path | None,
+                      size: int | None) -> PipelineParts:
+    """PipelineParts of a diffusers-layout folder; size overrides its native image size."""
+    from diffusers import UNet2DConditionModel
+
     model_dir = resolve_model_dir(str(model))
     check_layout(model_dir)
-    dtype = dtype or torch.float32
     index_path = model_dir / "model_index.json"
     index = read_json(index_path) if index_path.is_file() else {}
+    unet = load_component(UNet2DConditionModel, unet_dir or model_dir / "unet", dtype)
+    vae = load_autoencoder(model_dir / "vae", dtype)
+    student_path = model_dir / "student.json"
+    return assemble_parts(
+        model_dir, load_folder_text_encoder(model_dir, index, device, dtype), unet, vae,
+        NoiseSchedule.from_folder(model_dir / "scheduler"),
+        image_size=size or int(index.get("image_size") or unet.config.sample_size * VAE_SCALE),
+        device=device, student_config=read_json(student_path) if student_path.is_file() else {})
+
+
+def load_folder_text_encoder(model_dir: Path, index: dict, device, dtype):
+    """SDXL's two CLIP encoders (text_encoder_2/ present), one CLIP encoder, or the
+    text_encoder_package's model that model_index.json names."""
+    if (model_dir / "text_encoder_2").is_dir():
+        from engine.runtime.sdxl import load_dual_text_encoder
+
+        return load_dual_text_encoder(model_dir, device, dtype,
+                                      bool(index.get("force_zeros_for_empty_prompt", True)))
     package = index.get("text_encoder_package")
     if not (model_dir / "text_encoder").is_dir() and not package:
         raise ModelLoadError(f"{model_dir} has no text_encoder/ folder and model_index.json "
                              "names no text_encoder_package.")
     text_folder = model_dir if (model_dir / "text_encoder").is_dir() else None
-    text_encoder = load_text_encoder(text_folder, package, index.get("text_max_length"),
-                                     device, dtype)
-    unet = load_component(UNet2DConditionModel, unet_dir or model_dir / "unet", dtype)
-    vae = load_autoencoder(model_dir / "vae", dtype)
+    return load_text_encoder(text_folder, package, index.get("text_max_length"), device, dtype)
+
+
+def assemble_parts(model_dir: Path, text_encoder, unet, vae, schedule: NoiseSchedule, *,
+                   image_size: int, device, student_config: dict) -> PipelineParts:
+    """Check that loaded components fit together and put them on device as PipelineParts."""
+    from engine.runtime.sdxl import size_time_ids
+
     latent_channels = int(vae.config.latent_channels)
     if unet.config.in_channels < latent_channels:
         raise ModelLoadError(f"The UNet in {model_dir} takes {unet.config.in_channels} channels, "
@@ -181,15 +219,21 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: torch.dtype | N
     if unet.config.cross_attention_dim != text_encoder.hidden_size:
         raise ModelLoadError(f"The UNet expects {unet.config.cross_attention_dim}-d text states "
                              f"but the text encoder gives {text_encoder.hidden_size}-d.")
-    student_path = model_dir / "student.json"
+    if image_size % VAE_SCALE or image_size < VAE_SCALE:
+        raise ModelLoadError(f"The image size {image_size} is not a multiple of {VAE_SCALE}.")
+    unet = unet.to(device).eval().requires_grad_(False)
+    time_ids = None
+    if unet.config.addition_embed_type == "text_time":
+        time_ids = size_time_ids(image_size, unet.dtype, device)
     return PipelineParts(
         model_dir=model_dir,
         text_encoder=text_encoder,
-        unet=unet.to(device).eval().requires_grad_(False),
+        unet=unet,
         vae=vae.to(device).eval().requires_grad_(False),
         latent_scale=float(getattr(vae.config, "scaling_factor", 1.0) or 1.0),
-        schedule=NoiseSchedule.from_folder(model_dir / "scheduler"),
-        image_size=int(index.get("image_size") or unet.config.sample_size * 8),
+        schedule=schedule,
+        image_size=image_size,
         latent_channels=latent_channels,
-        student_config=read_json(student_path) if student_path.is_file() else {},
+        student_config=student_config,
+        time_ids=time_ids,
     )

@@ -205,6 +205,11 @@ def export_model(model: str | Path, out: str | Path, precision: str = "fp32",
                  opset: int = OPSET) -> dict:
     """Export a model folder into out/ atomically (temporary folder, then rename)."""
     check_precision(precision)
+    from engine.runtime import onnx_unsupported_reason
+
+    reason = onnx_unsupported_reason(str(model))
+    if reason:
+        raise EngineError(f"{reason}; run this model with --backend torch.")
     fp16 = precision == "fp16"
     if opset < OPSET:
         raise EngineError(f"ONNX export needs opset {OPSET} or newer, not {opset}.")

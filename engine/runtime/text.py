@@ -1,4 +1,5 @@
-"""Text conditioning: CLIP (SD 1.x/2.x) or BERT-family (the embedded MiniLM) token states.
+"""Text conditioning: CLIP (SD 1.x/2.x) or BERT-family (the embedded MiniLM) token states;
+SDXL's two CLIP encoders are in engine/runtime/sdxl.py.
 
 The UNet cross-attends to the encoder's last hidden state over a fixed-length, padded token
 sequence. When the UNet has a projection class embedding, it also receives a pooled
@@ -77,6 +78,19 @@ class TextEncoder:
             truncation=True,
             return_tensors="pt",
         )
+
+    def token_ids(self, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+        """The padded ids that encode_ids takes (CLIP only: it needs no attention mask)."""
+        return (self.tokenize(prompts)["input_ids"],)
+
+    def encode_ids(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token states, pooled) of a CLIP encoder from padded ids."""
+        return encode_tokens(self.model, True, token_ids, None)
+
+    def embedding(self, prompts: list[str], states: torch.Tensor,
+                  pooled: torch.Tensor) -> TextEmbedding:
+        """TextEmbedding of encode_ids' output for these prompts."""
+        return TextEmbedding(states, pooled)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbedding:

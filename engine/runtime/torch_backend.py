@@ -8,10 +8,11 @@ from functools import partial
 
 import torch
 
-from engine.api import EngineError
+from engine.api import EngineError, ModelOptions
 from engine.runtime.cuda_graphs import GraphedCall, graphs_wanted, new_memory_pool
 from engine.runtime.loading import PipelineParts, encode_latents, load_pipeline
-from engine.runtime.text import TextEmbedding, encode_tokens
+from engine.runtime.sdxl import pooled_text_kwargs
+from engine.runtime.text import TextEmbedding
 
 TORCH_DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -73,7 +74,7 @@ class TorchBackend:
             self._unet_call = GraphedCall(self._unet_call, "the UNet", pool)
             self._decode_call = GraphedCall(self._decode_call, "the decoder", pool)
             if parts.text_encoder.is_clip:
-                self._clip_text_call = GraphedCall(partial(clip_text_forward, parts),
+                self._clip_text_call = GraphedCall(parts.text_encoder.encode_ids,
                                                    "the text encoder", pool)
 
     def load_teacher(self):
@@ -83,10 +84,13 @@ class TorchBackend:
         return load_teacher_backend(self)
 
     @classmethod
-    def load(cls, model: str, device: str = "auto", cuda_graphs: bool = True) -> TorchBackend:
+    def load(cls, model: str, device: str = "auto", cuda_graphs: bool = True,
+             options: ModelOptions | None = None) -> TorchBackend:
+        """Load model (a folder, hub id or single-file checkpoint) with options on device."""
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        return cls(load_pipeline(model, device=device, dtype=dtype), device, cuda_graphs)
+        return cls(load_pipeline(model, device=device, dtype=dtype, options=options), device,
+                   cuda_graphs)
 
     def graphed_stages(self) -> list[str]:
         """The stages that replay from CUDA graphs (after a capture failed, not that one)."""
@@ -98,8 +102,8 @@ class TorchBackend:
         encoder = self.parts.text_encoder
         if self._clip_text_call is None:
             return encoder.encode(prompts)
-        token_ids = encoder.tokenize(prompts)["input_ids"].to(self.device)
-        return TextEmbedding(*self._clip_text_call(token_ids))
+        token_ids = tuple(ids.to(self.device) for ids in encoder.token_ids(prompts))
+        return encoder.embedding(prompts, *self._clip_text_call(*token_ids))
 
     @torch.inference_mode()
     def unet(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
@@ -141,14 +145,9 @@ class TorchBackend:
 
 def unet_forward(parts: PipelineParts, x_in: torch.Tensor, t: torch.Tensor,
                  token_states: torch.Tensor, *pooled: torch.Tensor) -> torch.Tensor:
-    return parts.unet(x_in, t, encoder_hidden_states=token_states,
-                      class_labels=pooled[0] if pooled else None).sample
+    text_kwargs = pooled_text_kwargs(parts.unet, pooled[0] if pooled else None, parts.time_ids)
+    return parts.unet(x_in, t, encoder_hidden_states=token_states, **text_kwargs).sample
 
 
 def decode_forward(parts: PipelineParts, latents: torch.Tensor) -> torch.Tensor:
     return parts.vae.decode(latents / parts.latent_scale).sample.clamp(-1, 1)
-
-
-def clip_text_forward(parts: PipelineParts, token_ids: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    return encode_tokens(parts.text_encoder.model, True, token_ids, None)

@@ -2,7 +2,6 @@
 one that keeps graph semantics (static inputs and outputs, rewritten in place on replay)."""
 
 import logging
-from functools import partial
 
 import pytest
 import torch
@@ -115,7 +114,7 @@ def test_the_backend_draws_the_same_frames_through_graphed_stages(tiny_student_d
 
     from engine.api import GenerateRequest
     from engine.pipeline.generator import Generator
-    from engine.runtime.torch_backend import TorchBackend, clip_text_forward
+    from engine.runtime.torch_backend import TorchBackend
 
     plain = TorchBackend.load(str(tiny_student_dir), "cpu")
     assert not plain.cuda_graphs and plain._clip_text_call is None  # a CPU stays eager
@@ -123,7 +122,7 @@ def test_the_backend_draws_the_same_frames_through_graphed_stages(tiny_student_d
     captures = Counting()
     staged._unet_call = GraphedCall(staged._unet_call, "unet", capture=captures)
     staged._decode_call = GraphedCall(staged._decode_call, "decoder", capture=captures)
-    staged._clip_text_call = GraphedCall(partial(clip_text_forward, staged.parts), "text",
+    staged._clip_text_call = GraphedCall(staged.parts.text_encoder.encode_ids, "text",
                                          capture=captures)
     for prompt, seed in (("red apple", 1), ("blue car", 2), ("red apple", 3)):
         request = GenerateRequest(prompt, seed=seed, steps=1)
