@@ -52,6 +52,11 @@ class GenerateRequest:
     """Everything that determines one image; made on the UI thread, never mutated.
 
     init_image and sketch are HxWx3 uint8 RGB arrays (any size; resized to the model's).
+    control_image steers the frame through the loaded control model (ControlNet or
+    T2I-Adapter): a drawing on white or an image, preprocessed as that model wants; its
+    effect is multiplied by control_strength and it acts on the student's steps from
+    control_start to control_end (fractions of the steps: step i of n when start <= i/n <
+    end). control_strength 0 draws exactly the frame without control.
     teacher_steps > 0 asks for the teacher's DDIM sampler with classifier-free guidance
     instead of the one-step/few-step student. preview_steps N (0 < N < steps) asks the live
     service for an N-step frame first and the full-step frame once the input pauses; with
@@ -70,6 +75,10 @@ class GenerateRequest:
     guidance: float = 4.0  # CFG scale for the teacher sampler
     preview_steps: int = 0  # live only: 0 off; N < steps: an N-step frame first, then steps
     preview_above_ms: float = 0.0  # live only: preview only frames expected slower (0: always)
+    control_image: np.ndarray | None = None  # HxWx3 uint8: the control model's input image
+    control_strength: float = 1.0  # multiplies the control model's residuals; 0: no control
+    control_start: float = 0.0  # fraction of the steps where control starts acting
+    control_end: float = 1.0  # fraction of the steps where it stops
     request_id: int = 0  # set by GenerationService.submit
 
     def image_to_edit(self, sketch_channels: bool) -> np.ndarray | None:

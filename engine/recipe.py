@@ -1,9 +1,10 @@
 """Recipes: everything that made a frame, kept in the PNG it is saved as.
 
 A recipe is one JSON text chunk (key RECIPE_KEY) holding the request's prompt, seed, steps,
-mode, strength and sampler, the model and backend that drew it, and the exact sketch or
-image it was conditioned on (a base64 PNG), so the app and `generate --recipe` can draw
-the same frame again. Pillow reads and writes it; the app writes the same text with Qt.
+mode, strength and sampler, the model and backend that drew it, the exact sketch, image
+or control image it was conditioned on (a base64 PNG) and the control model with its
+type, strength, start and end, so the app and `generate --recipe` can draw the same frame
+again. Pillow reads and writes it; the app writes the same text with Qt.
 """
 
 from __future__ import annotations
@@ -63,23 +64,41 @@ class Recipe:
     sketch: np.ndarray | None = None  # the request's sketch on white, HxWx3 uint8
     init_image: np.ndarray | None = None  # the image it edited, HxWx3 uint8
     mask: np.ndarray | None = None  # where the edit redrew (white) and kept (black), HxW uint8
+    control_model: str = ""  # the ControlNet / T2I-Adapter folder that steered it ("" none)
+    control_type: str = ""  # its preprocessing: scribble, lineart or canny
+    control_image: np.ndarray | None = None  # the control model's input image, HxWx3 uint8
+    control_strength: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
 
     @classmethod
-    def from_request(cls, request: GenerateRequest, model: str = "",
-                     backend: str = "") -> Recipe:
+    def from_request(cls, request: GenerateRequest, model: str = "", backend: str = "",
+                     control_model: str = "", control_type: str = "") -> Recipe:
+        """control_model and control_type: the loaded control model's folder and type (kept
+        only when the request has a control image)."""
         mode = "edit" if request.init_image is not None else \
-            "sketch" if request.sketch is not None else "text"
+            "sketch" if request.sketch is not None or request.control_image is not None \
+            else "text"
+        controlled = request.control_image is not None
         return cls(prompt=clean_prompt(request.prompt), seed=request.seed, steps=request.steps,
                    mode=mode,
                    strength=request.strength, teacher_steps=request.teacher_steps,
                    guidance=request.guidance, model=model, backend=backend,
-                   sketch=request.sketch, init_image=request.init_image, mask=request.mask)
+                   sketch=request.sketch, init_image=request.init_image, mask=request.mask,
+                   control_model=control_model if controlled else "",
+                   control_type=control_type if controlled else "",
+                   control_image=request.control_image,
+                   control_strength=request.control_strength,
+                   control_start=request.control_start, control_end=request.control_end)
 
     def request(self) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, seed=self.seed, steps=self.steps,
                                strength=self.strength, teacher_steps=self.teacher_steps,
                                guidance=self.guidance, sketch=self.sketch,
-                               init_image=self.init_image, mask=self.mask)
+                               init_image=self.init_image, mask=self.mask,
+                               control_image=self.control_image,
+                               control_strength=self.control_strength,
+                               control_start=self.control_start, control_end=self.control_end)
 
     def describe(self) -> str:
         """One line: '"red apple", seed 7, 2 steps' (and the mode, sampler and model)."""
@@ -89,6 +108,8 @@ class Recipe:
         if self.mode != "text":
             parts.append(self.mode if self.mode == "sketch" else f"edit {self.strength:.2f}"
                          + ", masked" * (self.mask is not None))
+        if self.control_model:
+            parts.append(f"{self.control_type or 'control'} control {self.control_strength:g}")
         if self.model:
             parts.append(f"made with {self.model}")
         return ", ".join(parts)
@@ -123,9 +144,12 @@ class Recipe:
             raise EngineError(f"The image's DMD Studio recipe is damaged ({reason}).") from error
 
 
-IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L"}  # stored as PNGs
+IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L",  # stored as PNGs
+               "control_image": "RGB"}
 FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength": float,
-               "teacher_steps": int, "guidance": float, "model": str, "backend": str}
+               "teacher_steps": int, "guidance": float, "model": str, "backend": str,
+               "control_model": str, "control_type": str, "control_strength": float,
+               "control_start": float, "control_end": float}
 
 
 def text_chunks(recipe: Recipe) -> dict[str, str]:

@@ -28,6 +28,7 @@ from engine.api import EngineError, GenerateRequest, InvalidRequestError
 MAX_JSON_BYTES = 8 * 2**20
 MAX_JSON_DEPTH = 32
 MAX_EMBEDDED_PIXELS = 4096 * 4096  # a recipe's sketch, init image or mask
+MAX_CONTROL_STRENGTH = 2.0  # ControlNet conditioning scales beyond 2 only burn the image
 MAX_IMAGE_PIXELS = 8192 * 8192  # a PNG's own frame (history, an image opened to edit)
 # The longest text window of the supported encoders is 512 tokens (CLIP: 77); 8 characters
 # a token is more than any prompt that fills it needs.
@@ -143,5 +144,10 @@ def check_request(request: GenerateRequest) -> None:
         finite(request.strength, "Strength", 0.0, 1.0)
         finite(request.guidance, "Guidance", 0.0, MAX_GUIDANCE)
         finite(request.preview_above_ms, "The preview threshold", 0.0, 1e6)
+        finite(request.control_strength, "Control strength", 0.0, MAX_CONTROL_STRENGTH)
+        start = finite(request.control_start, "Control start", 0.0, 1.0)
+        if not start < finite(request.control_end, "Control end", 0.0, 1.0):
+            raise UntrustedInputError(f"Control end must be above control start "
+                                      f"({request.control_end:g} <= {start:g}).")
     except UntrustedInputError as error:
         raise InvalidRequestError(str(error)) from None

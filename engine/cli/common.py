@@ -60,10 +60,19 @@ def model_or_default(model: str | None) -> str:
 
 
 def load_cli_generator(args: argparse.Namespace):
+    """The Generator the flags ask for; with --control, its control model on PyTorch."""
     from engine.pipeline.generator import Generator
     from engine.runtime import create_backend
 
-    return Generator(create_backend(model_or_default(args.model), args.backend, args.device))
+    control_path = getattr(args, "control", None)
+    backend = create_backend(model_or_default(args.model), args.backend, args.device,
+                             control=control_path is not None)
+    if control_path is None:
+        return Generator(backend)
+    from engine.runtime.control import load_control
+
+    return Generator(backend, control=load_control(control_path, backend,
+                                                   getattr(args, "control_type", None)))
 
 
 def lower_cpu_priority() -> bool:

@@ -52,9 +52,33 @@ def add_parser(subparsers) -> None:
                         help="with --init (or an edit --recipe): redraw only where this image is "
                              "white, keep the image where it is black (grey: in between); "
                              "--strength 1 redraws that area from the prompt alone")
+    add_control_arguments(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="output PNG (single prompt) or folder (with --prompts)")
     parser.set_defaults(run=run)
+
+
+def add_control_arguments(parser) -> None:
+    """--control and its image, type, strength, start and end."""
+    from engine.runtime.control import CONTROL_TYPES
+
+    parser.add_argument("--control", metavar="MODEL",
+                        help="a ControlNet or T2I-Adapter folder (diffusers layout) that steers "
+                             "the image with --control-image (PyTorch backend only)")
+    parser.add_argument("--control-image", type=Path, metavar="FILE",
+                        help="the control model's input: a drawing (dark lines on white, or "
+                             "white on black) or, for canny, any image; resized to the model's "
+                             "size")
+    parser.add_argument("--control-type", choices=CONTROL_TYPES, default=None,
+                        help="how --control-image is preprocessed (default: the control "
+                             "model's control.json, else its folder's name, else scribble)")
+    parser.add_argument("--control-strength", type=float, default=None, metavar="S",
+                        help="multiplies the control model's effect, 0 to 2 (default 1; 0: the "
+                             "image without control)")
+    parser.add_argument("--control-start", type=float, default=None, metavar="F",
+                        help="fraction of the steps where control starts acting (default 0)")
+    parser.add_argument("--control-end", type=float, default=None, metavar="F",
+                        help="fraction of the steps where control stops acting (default 1)")
 
 
 def read_image(path: Path | None, what: str, convert: Callable | None = None) -> np.ndarray | None:
@@ -123,23 +147,39 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
     if args.recipe and recipe is None:
         raise EngineError(f"{args.recipe} has no DMD Studio recipe (it was not saved by "
                           "DMD Studio or generate).")
+    if recipe and recipe.control_model and args.control is None:  # draw with its control too
+        args.control = recipe.control_model
+        args.control_type = args.control_type or recipe.control_type or None
     base = recipe.request() if recipe else \
         GenerateRequest(prompt=clean_prompt(args.prompt or "", "--prompt"))
     init_image = read_image(args.init, "init image")
     sketch = read_image(args.sketch, "sketch")
     mask = read_image(args.mask, "mask", mask_grey)
+    control_image = read_image(args.control_image, "control image")
     strength = args.strength
     new_image = init_image is not None or sketch is not None
     if strength is None and new_image and base.init_image is None and base.sketch is None:
         strength = DEFAULT_STRENGTH  # an image to edit where there was none
     chosen = {"seed": args.seed, "steps": args.steps, "strength": strength,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance,
-              "init_image": init_image, "sketch": sketch, "mask": mask}
+              "init_image": init_image, "sketch": sketch, "mask": mask,
+              "control_image": control_image, "control_strength": args.control_strength,
+              "control_start": args.control_start, "control_end": args.control_end}
     request = replace(base, **{name: value for name, value in chosen.items() if value is not None})
     if request.init_image is None and request.sketch is None:
         request = replace(request, strength=1.0)  # the strength only edits images
     if request.mask is not None and request.init_image is None and request.sketch is None:
         raise EngineError("--mask needs an image to edit: give --init (or an edit --recipe).")
+    if request.control_image is not None and args.control is None:
+        raise EngineError("--control-image needs --control MODEL (a ControlNet or T2I-Adapter "
+                          "folder).")
+    if args.control is not None and request.control_image is None:
+        raise EngineError("--control needs --control-image FILE (the drawing or image that "
+                          "steers the frame).")
+    if args.control is not None:
+        from engine.runtime.control import control_folder
+
+        control_folder(args.control)  # a missing folder fails before the model loads
     check_request(request)  # --guidance inf and the like fail before the model loads
     return request
 
@@ -154,15 +194,19 @@ def run(args: argparse.Namespace) -> int:
     base = replace(  # recipes store them at that size (exact, and small)
         base, init_image=None if base.init_image is None else resized(base.init_image, size),
         sketch=None if base.sketch is None else resized(base.sketch, size),
-        mask=None if base.mask is None else resized(base.mask, size))
+        mask=None if base.mask is None else resized(base.mask, size),
+        control_image=None if base.control_image is None else resized(base.control_image, size))
     if args.steps is None and not args.recipe:
         base = replace(base, steps=generator.default_steps)
     model = args.model or "embedded student"
+    control = generator.control
+    control_model, control_type = (str(args.control), control.control_type) if control else ("", "")
 
     def draw(prompt: str, path: Path) -> float:
         request = replace(base, prompt=prompt)
         image, timings = generator.generate(request)
-        save_png(image, path, Recipe.from_request(request, model, args.backend))
+        save_png(image, path, Recipe.from_request(request, model, args.backend, control_model,
+                                                  control_type))
         return timings.total_ms
 
     if args.prompts is None:

@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from engine.diffusion.sampling import (
     teacher_start,
 )
 from engine.diffusion.schedule import ddim_timesteps, student_timesteps, timestep_tensor
+from engine.pipeline.control_image import control_map, control_tensor
 from engine.pipeline.masking import composite, keep_outside, mask_weights
 from engine.runtime.loading import read_prompt_suggestions
 from engine.runtime.text import TextEmbedding
@@ -106,14 +107,41 @@ def interruptible(x0_fn, interrupt: Callable[[], bool] | None):
     return checked
 
 
+@dataclass(frozen=True)
+class ControlPlan:
+    """A request's control for one frame: the control model's embedded control image, the
+    image's key, and strength, start and end (fractions of the denoising schedule)."""
+
+    embedded: tuple[torch.Tensor, ...]
+    image_key: tuple
+    strength: float
+    start: float
+    end: float
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.image_key, self.strength, self.start, self.end)
+
+    def acts_at(self, t: int, num_train_timesteps: int) -> bool:
+        """Whether control acts at timestep t: its place in the schedule, 0 at the noisiest
+        step (t = T - 1), is in [start, end); a student's n evenly spaced steps sit at i/n."""
+        place = (num_train_timesteps - 1 - t) / num_train_timesteps
+        return self.start <= place < self.end
+
+
 class Generator:
     """One model on one backend; generate() runs text -> UNet step(s) -> decode."""
 
     def __init__(self, backend, teacher_backend: Callable[[], object] | None = None,
-                 text_cache_size: int = 256, latent_cache_size: int = 16):
+                 text_cache_size: int = 256, latent_cache_size: int = 16, control=None):
         """teacher_backend() loads a student's teacher for teacher_steps requests (default:
-        the backend's own load_teacher; None when it has none)."""
+        the backend's own load_teacher; None when it has none); control: a loaded control
+        model (engine.runtime.control.ControlModel) for requests with a control_image."""
         self.backend = backend
+        self.control = control
+        # control image content -> what its control model reuses at every step and frame
+        self.control_cache = LruCache(8)
+        self.control_cache_hits = self.control_cache_misses = 0
         self.load_teacher = teacher_backend or getattr(backend, "load_teacher", None)
         self.schedule = backend.schedule
         self.text_cache = LruCache(text_cache_size)
@@ -132,6 +160,7 @@ class Generator:
         """Forget text embeddings and first steps (benchmarks time the work, not the caches)."""
         self.text_cache.entries.clear()
         self.first_step_cache.entries.clear()
+        self.control_cache.entries.clear()
 
     @property
     def default_steps(self) -> int:
@@ -197,20 +226,59 @@ class Generator:
 
         return noise
 
+    def prepare_control(self, request: GenerateRequest) -> ControlPlan | None:
+        """The request's control image preprocessed and embedded by the control model, cached
+        by the image's content (a prompt edit reuses it, a stroke recomputes it); None without
+        a control image or at control strength 0 (exactly the frame without control)."""
+        if request.control_image is None or float(request.control_strength) == 0.0:
+            return None
+        if self.control is None:
+            raise InvalidRequestError("A control image needs a control model; load one "
+                                      "(ControlNet or T2I-Adapter) first.")
+        image = to_rgb_array(request.control_image, "control image")
+        key = (image_key(image), self.control.control_type)
+        embedded = self.control_cache.get(key)
+        if embedded is None:
+            self.control_cache_misses += 1
+            control = control_map(resized(image, self.backend.image_size),
+                                  self.control.control_type)
+            embedded = self.control.embed(control_tensor(control))
+            self.control_cache.put(key, embedded)
+        else:
+            self.control_cache_hits += 1
+        return ControlPlan(embedded, key, float(request.control_strength),
+                           float(request.control_start), float(request.control_end))
+
+    def unet_function(self, control: ControlPlan | None):
+        """backend.unet, with the control model's residuals at the timesteps control acts on."""
+        backend, control_model = self.backend, self.control
+        if control is None:
+            return backend.unet
+        top = self.schedule.num_train_timesteps
+
+        def controlled(x_in, t_in, text, conditioning):
+            if not control.acts_at(int(t_in[0]), top):
+                return backend.unet(x_in, t_in, text, conditioning)
+            residuals = control_model.residuals(control.embedded, x_in, t_in, text.token_states,
+                                                text.pooled, control.strength)
+            return backend.unet(x_in, t_in, text, conditioning, control=residuals)
+
+        return controlled
+
     def x0_function(self, text: TextEmbedding, conditioning, uncond: TextEmbedding | None = None,
-                    guidance: float = 1.0):
+                    guidance: float = 1.0, control: ControlPlan | None = None):
         """Denoiser returning x0; with uncond, classifier-free guidance (Ho & Salimans 2022)."""
-        schedule, backend = self.schedule, self.backend
+        schedule, unet = self.schedule, self.unet_function(control)
         both = None if uncond is None else TextEmbedding.cat([uncond, text])
         cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
 
         def doubled(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
-            return backend.unet(x_in, t_in, both, cond_in)
+            return unet(x_in, t_in, both, cond_in)
 
         def x0_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
             t_batch = timestep_tensor(t, x_t.shape[0])
             if uncond is None:
-                output = backend.unet(x_t, t_batch, text, conditioning)
+                output = unet(x_t, t_batch, text, conditioning)
                 return schedule.to_x0(output, x_t.to(output.device), t_batch)
             return cfg_x0(doubled, schedule, x_t, t_batch, guidance)
 
@@ -248,11 +316,12 @@ class Generator:
                 return kept.copy(), StageTimings(total_ms=(time.perf_counter() - start) * 1e3)
         if init_image is not None and (strength < 1.0 or keep_weights is not None):
             init_latent, _ = self.encode_image(init_image, "init image")
+        control = self.prepare_control(request)
         sync()
         encode_done = time.perf_counter()
 
         latents = self.sample_latents(request, text, uncond, (conditioning, sketch_key),
-                                      init_latent, strength, interrupt, keep_weights)
+                                      init_latent, strength, interrupt, keep_weights, control)
         sync()
         unet_done = time.perf_counter()
         image = tensor_to_image(backend.decode(latents))
@@ -269,19 +338,20 @@ class Generator:
         return image, timings
 
     def sample_latents(self, request, text, uncond, sketch, init_latent, strength,
-                       interrupt=None, keep_weights=None):
+                       interrupt=None, keep_weights=None, control: ControlPlan | None = None):
         """sketch: (conditioning latent or None, its content key or None); keep_weights (HxW,
-        1 redraws, 0 keeps init_latent) make it a masked edit. Runs the teacher, an edit of
-        init_latent or the student from noise."""
+        1 redraws, 0 keeps init_latent) make it a masked edit; control: prepare_control's.
+        Runs the teacher, an edit of init_latent or the student from noise."""
         conditioning, sketch_key = sketch
         noise = self.noise_source(request.seed)
         shape = (1, self.backend.latent_channels, self.backend.latent_size,
                  self.backend.latent_size)
         x_start = noise(shape)
         if request.teacher_steps:
-            x0_fn = self.x0_function(text, conditioning, uncond, float(request.guidance))
+            x0_fn = self.x0_function(text, conditioning, uncond, float(request.guidance),
+                                     control)
         else:
-            x0_fn = self.x0_function(text, conditioning)
+            x0_fn = self.x0_function(text, conditioning, control=control)
         x0_fn = interruptible(x0_fn, interrupt)
         if keep_weights is not None:
             x0_fn = keep_outside(x0_fn, init_latent, keep_weights)
@@ -294,7 +364,8 @@ class Generator:
                 timesteps = edit_start(self.edit_timesteps, strength,  # in the student's steps
                                        self.schedule.num_train_timesteps)
             return self.edit_latents(x0_fn, x_start, noise, init_latent, timesteps)
-        key = (request.prompt, int(request.seed), sketch_key, int(timesteps[0]))
+        key = (request.prompt, int(request.seed), sketch_key, int(timesteps[0]),
+               None if control is None else control.cache_key)
         return self.student_latents(x0_fn, x_start, noise, timesteps, key)
 
     def teacher_latents(self, x0_fn, x_start, steps, init_latent, strength):

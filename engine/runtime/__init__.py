@@ -100,9 +100,21 @@ def torch_instead(model: str, device: str, options: ModelOptions | None, notice:
 
 
 def create_backend(model: str, backend: str = "torch", device: str = "auto",
-                   onnx_threads: int | None = None, options: ModelOptions | None = None):
+                   onnx_threads: int | None = None, options: ModelOptions | None = None,
+                   control: bool = False):
     """Load a model into the named backend ("auto": see choose_backend); onnx_threads sets
-    onnxruntime's intra-op threads (default: one per physical core); options: see ModelOptions."""
+    onnxruntime's intra-op threads (default: one per physical core); options: see ModelOptions.
+    control: a control model (ControlNet, T2I-Adapter) will run with it, which only the torch
+    backend does: onnx falls back to torch with a logged notice, and auto chooses torch."""
+    if control and backend in ("auto", *ONNX_BACKENDS):
+        onnx_only = device.split(":")[0] in ONNX_ONLY_DEVICES
+        torch_device = "auto" if onnx_only else device
+        if backend == "auto":
+            log.info("auto chose PyTorch: only it runs control models.")
+            return create_backend(model, "torch", torch_device, options=options)
+        return torch_instead(model, torch_device, options,
+                             f"The {backend} backend does not run control models (ControlNet, "
+                             "T2I-Adapter) yet; running PyTorch instead.")
     if backend == "auto":
         backend = choose_backend(model, device, options)
     if backend == "torch":

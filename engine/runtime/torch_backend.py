@@ -69,9 +69,17 @@ class TorchBackend:
         self._unet_call = partial(unet_forward, parts)
         self._decode_call = partial(decode_forward, parts)
         self._clip_text_call = None  # CLIP has no attention mask, so its graph never branches
+        # the UNet with a control model's residuals (see unet()), graphed like the plain one
+        self._controlled_unet_calls = {kind: partial(controlled_unet_forward, parts, kind)
+                                       for kind in (False, True)}
+        self.graph_pool = None  # the memory pool of this backend's CUDA graphs
         if self.cuda_graphs:
-            pool = new_memory_pool()
+            self.graph_pool = pool = new_memory_pool()
             self._unet_call = GraphedCall(self._unet_call, "the UNet", pool)
+            self._controlled_unet_calls = {
+                kind: GraphedCall(call, "the UNet with a T2I-Adapter" if kind else
+                                  "the UNet with a ControlNet", pool)
+                for kind, call in self._controlled_unet_calls.items()}
             self._decode_call = GraphedCall(self._decode_call, "the decoder", pool)
             if parts.text_encoder.is_clip:
                 self._clip_text_call = GraphedCall(parts.text_encoder.encode_ids,
@@ -94,7 +102,8 @@ class TorchBackend:
 
     def graphed_stages(self) -> list[str]:
         """The stages that replay from CUDA graphs (after a capture failed, not that one)."""
-        calls = (self._clip_text_call, self._unet_call, self._decode_call)
+        calls = (self._clip_text_call, self._unet_call, self._decode_call,
+                 *self._controlled_unet_calls.values())
         return [call.name for call in calls if isinstance(call, GraphedCall) and call.enabled]
 
     @torch.inference_mode()
@@ -107,7 +116,8 @@ class TorchBackend:
 
     @torch.inference_mode()
     def unet(self, x_t: torch.Tensor, t: torch.Tensor, text: TextEmbedding,
-             conditioning: torch.Tensor | None) -> torch.Tensor:
+             conditioning: torch.Tensor | None, control=None) -> torch.Tensor:
+        """control: a control model's ControlResiduals for this call (None: the plain UNet)."""
         x_in = x_t.to(self.device, self.dtype)
         if self.conditioning_channels:
             if conditioning is None:
@@ -115,8 +125,12 @@ class TorchBackend:
                                            *x_in.shape[2:])
             x_in = torch.cat([x_in, conditioning.to(x_in)], dim=1)
         pooled = (text.pooled.to(self.device, self.dtype),) if self.parts.uses_pooled_text else ()
-        return self._unet_call(x_in, t.to(self.device),
-                               text.token_states.to(self.device, self.dtype), *pooled)
+        token_states = text.token_states.to(self.device, self.dtype)
+        if control is None:
+            return self._unet_call(x_in, t.to(self.device), token_states, *pooled)
+        residuals = tuple(tensor.to(self.device, self.dtype) for tensor in control.tensors)
+        return self._controlled_unet_calls[control.intrablock](
+            x_in, t.to(self.device), token_states, *pooled, *residuals)
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,6 +161,23 @@ def unet_forward(parts: PipelineParts, x_in: torch.Tensor, t: torch.Tensor,
                  token_states: torch.Tensor, *pooled: torch.Tensor) -> torch.Tensor:
     text_kwargs = pooled_text_kwargs(parts.unet, pooled[0] if pooled else None, parts.time_ids)
     return parts.unet(x_in, t, encoder_hidden_states=token_states, **text_kwargs).sample
+
+
+def controlled_unet_forward(parts: PipelineParts, intrablock: bool, x_in: torch.Tensor,
+                            t: torch.Tensor, token_states: torch.Tensor,
+                            *extra: torch.Tensor) -> torch.Tensor:
+    """unet_forward with a control model's residuals after the pooled text (when the UNet
+    takes it): a T2I-Adapter's features (intrablock), or a ControlNet's skip residuals and
+    then its middle residual."""
+    pooled = extra[0] if parts.uses_pooled_text else None
+    residuals = list(extra[1:] if parts.uses_pooled_text else extra)
+    text_kwargs = pooled_text_kwargs(parts.unet, pooled, parts.time_ids)
+    if intrablock:  # the UNet pops from this list, so it is a fresh one every call
+        return parts.unet(x_in, t, encoder_hidden_states=token_states, **text_kwargs,
+                          down_intrablock_additional_residuals=residuals).sample
+    return parts.unet(x_in, t, encoder_hidden_states=token_states, **text_kwargs,
+                      down_block_additional_residuals=tuple(residuals[:-1]),
+                      mid_block_additional_residual=residuals[-1]).sample
 
 
 def decode_forward(parts: PipelineParts, latents: torch.Tensor) -> torch.Tensor:
