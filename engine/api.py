@@ -47,6 +47,16 @@ class GenerationInterrupted(Exception):  # noqa: N818 - a control signal, not a 
     """A newer request arrived while this one was being refined; nothing to deliver."""
 
 
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA file fused into the model at a weight; sha256 (hex), when given, must match
+    the file's content (a recipe's LoRA is the file that drew it, not a namesake)."""
+
+    path: str
+    weight: float = 1.0
+    sha256: str = ""
+
+
 @dataclass(frozen=True, eq=False)
 class GenerateRequest:
     """Everything that determines one image; made on the UI thread, never mutated.
@@ -138,6 +148,8 @@ class GenerateResult:
     device: str = ""
     preview: bool = False  # a progressive request's quick frame; its full frame follows
     request: GenerateRequest | None = None  # what was asked (with its id), set by the service
+    loras: tuple[LoraChoice, ...] = ()  # the LoRAs fused in when it was drawn (with digests)
+    decoder: str = ""  # the fast decoder folder that drew it, "" for the model's own
 
     @property
     def ok(self) -> bool:

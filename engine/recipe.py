@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from engine.api import EngineError, GenerateRequest, InvalidRequestError
+from engine.api import EngineError, GenerateRequest, InvalidRequestError, LoraChoice
 from engine.untrusted import (
     MAX_EMBEDDED_PIXELS,
     MAX_IMAGE_PIXELS,
@@ -70,12 +70,15 @@ class Recipe:
     control_strength: float = 1.0
     control_start: float = 0.0
     control_end: float = 1.0
+    loras: tuple[LoraChoice, ...] = ()  # fused LoRAs: path, weight and the file's SHA-256
+    decoder: str = ""  # the fast decoder folder that decoded it, "" for the model's VAE
 
     @classmethod
     def from_request(cls, request: GenerateRequest, model: str = "", backend: str = "",
-                     control_model: str = "", control_type: str = "") -> Recipe:
+                     control_model: str = "", control_type: str = "", *,
+                     loras: tuple[LoraChoice, ...] = (), decoder: str = "") -> Recipe:
         """control_model and control_type: the loaded control model's folder and type (kept
-        only when the request has a control image)."""
+        only when the request has a control image); loras and decoder: what drew it."""
         mode = "edit" if request.init_image is not None else \
             "sketch" if request.sketch is not None or request.control_image is not None \
             else "text"
@@ -89,7 +92,8 @@ class Recipe:
                    control_type=control_type if controlled else "",
                    control_image=request.control_image,
                    control_strength=request.control_strength,
-                   control_start=request.control_start, control_end=request.control_end)
+                   control_start=request.control_start, control_end=request.control_end,
+                   loras=tuple(loras), decoder=decoder)
 
     def request(self) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, seed=self.seed, steps=self.steps,
@@ -112,6 +116,7 @@ class Recipe:
             parts.append(f"{self.control_type or 'control'} control {self.control_strength:g}")
         if self.model:
             parts.append(f"made with {self.model}")
+        parts += [f"LoRA {Path(lora.path).name} at {lora.weight:g}" for lora in self.loras]
         return ", ".join(parts)
 
     def to_text(self) -> str:
@@ -132,6 +137,7 @@ class Recipe:
             typed = {name: convert(values[name]) for name, convert in FIELD_TYPES.items()
                      if values.get(name) is not None}
             typed["prompt"] = clean_prompt(typed["prompt"], "its prompt")
+            typed["loras"] = read_loras(values.get("loras") or [])
             for name, mode in IMAGE_MODES.items():
                 if values.get(name) is not None:
                     typed[name] = decode_png(values[name], mode, f"its {name.replace('_', ' ')}")
@@ -149,7 +155,23 @@ IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L",  # stored as P
 FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength": float,
                "teacher_steps": int, "guidance": float, "model": str, "backend": str,
                "control_model": str, "control_type": str, "control_strength": float,
-               "control_start": float, "control_end": float}
+               "control_start": float, "control_end": float, "decoder": str}
+MAX_RECIPE_LORAS = 16
+
+
+def read_loras(values: list) -> tuple[LoraChoice, ...]:
+    """A recipe's "loras" list ({path, weight, sha256} objects) as LoraChoices."""
+    if not isinstance(values, list) or len(values) > MAX_RECIPE_LORAS:
+        raise ValueError("its LoRA list is not a list of at most 16 entries")
+    choices = []
+    for value in values:
+        if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+            raise ValueError("a LoRA entry has no path")
+        weight = float(value.get("weight", 1.0))
+        if not abs(weight) < 1e3:  # also refuses NaN
+            raise ValueError("a LoRA weight is out of range")
+        choices.append(LoraChoice(value["path"], weight, str(value.get("sha256") or "")))
+    return tuple(choices)
 
 
 def text_chunks(recipe: Recipe) -> dict[str, str]:

@@ -17,6 +17,7 @@ import dataclasses
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Protocol
 
 from engine.api import (
@@ -100,6 +101,7 @@ class GenerationService:
         self._latest_id = 0
         self._closed = False
         self._generator_changed = False
+        self._jobs: dict[str, tuple[Callable, Future]] = {}  # run between frames, by key
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
 
@@ -127,6 +129,36 @@ class GenerationService:
             self._generator = generator
             self._generator_changed = True
 
+    def run_between_frames(self, key: str, job: Callable[[ImageGenerator], object]) -> Future:
+        """Run job(generator) on the worker before its next frame (fusing LoRAs, a full-VAE
+        render); the Future gets its result or exception. A newer job with the same key
+        replaces one still waiting, whose Future is cancelled (a dragged slider fuses once)."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise EngineError("The generation service is closed.")
+            replaced = self._jobs.pop(key, None)
+            self._jobs[key] = (job, future)
+            self._wake.notify()
+        if replaced is not None:
+            replaced[1].cancel()
+        return future
+
+    def set_loras(self, loras: list) -> Future:
+        """Fuse these LoRAs (engine.api.LoraChoice) before the next frame; [] removes them.
+        The Future holds the fused set with digests, or the EngineError of a bad file."""
+        return self.run_between_frames("loras", lambda generator: generator.set_loras(loras))
+
+    def set_decoder(self, folder: str | None) -> Future:
+        """Decode frames with a fast decoder folder from the next frame on (None: the VAE)."""
+        return self.run_between_frames("decoder", lambda generator: generator.set_decoder(folder))
+
+    def render_full(self, request: GenerateRequest) -> Future:
+        """The request's image decoded by the model's full VAE (for saving a frame that a
+        fast decoder drew): the same latents, so exactly the full VAE's frame."""
+        return self.run_between_frames(
+            "render-full", lambda generator: generator.generate(request, full_decoder=True)[0])
+
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -135,17 +167,38 @@ class GenerationService:
         with self._lock:
             self._closed = True
             self._pending = None
+            jobs, self._jobs = list(self._jobs.values()), {}
             self._wake.notify()
+        for _, future in jobs:
+            future.cancel()
         self._thread.join(timeout)
 
     def _take(self) -> tuple[GenerateRequest | None, ImageGenerator]:
+        while True:
+            self._run_jobs()
+            with self._lock:
+                while self._pending is None and not self._closed and not self._jobs:
+                    self._wake.wait()
+                if self._jobs and not self._closed:
+                    continue  # settings first: the request then runs with them
+                request, self._pending = self._pending, None
+                if self._generator_changed:  # another model or backend: learn its costs anew
+                    self.frame_cost, self._generator_changed = FrameCostEstimate(), False
+                return request, self._generator
+
+    def _run_jobs(self) -> bool:
+        """Run the waiting between-frame jobs; True when there were any."""
         with self._lock:
-            while self._pending is None and not self._closed:
-                self._wake.wait()
-            request, self._pending = self._pending, None
-            if self._generator_changed:  # another model or backend: learn its costs anew
-                self.frame_cost, self._generator_changed = FrameCostEstimate(), False
-            return request, self._generator
+            jobs, self._jobs = list(self._jobs.values()), {}
+            generator = self._generator
+        for job, future in jobs:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job(generator))
+            except BaseException as error:  # noqa: BLE001 - the caller's Future reports it
+                future.set_exception(error)
+        return bool(jobs)
 
     def _newer_waiting(self) -> bool:
         with self._lock:
@@ -203,7 +256,9 @@ class GenerationService:
         itself); None when interrupt() stopped it."""
         backend = getattr(generator, "backend", None)
         names = {"backend": getattr(backend, "name", ""), "device": getattr(backend, "device", ""),
-                 "preview": preview, "request": asked or request}
+                 "preview": preview, "request": asked or request,
+                 "loras": tuple(getattr(generator, "loras", ())),
+                 "decoder": str(getattr(generator, "decoder", ""))}
         try:
             if interrupt is None:
                 image, timings = generator.generate(request)

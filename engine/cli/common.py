@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine.api import BACKENDS, EngineError, os_error_message
+from engine.api import BACKENDS, EngineError, LoraChoice, os_error_message
 from engine.runtime.loading import default_model
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
@@ -23,6 +23,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda[:N], mps; "
                              "with onnx also tensorrt, directml, coreml, openvino "
                              "(default auto)")
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
+    """--lora FILE[:WEIGHT] (repeatable) and --decoder DIR: what changes how a model draws."""
+    parser.add_argument("--lora", action="append", default=None, metavar="FILE[:WEIGHT]",
+                        help="fuse a LoRA .safetensors file (diffusers, PEFT or kohya naming) "
+                             "at WEIGHT (default 1); repeat for several; runs on PyTorch")
+    parser.add_argument("--decoder", metavar="DIR",
+                        help="decode with this fast autoencoder folder (TAESD / TAESDXL, an "
+                             "AutoencoderTiny) instead of the model's VAE; runs on PyTorch")
+
+
+def parse_lora(text: str) -> LoraChoice:
+    """"style.safetensors:0.8" -> LoraChoice("style.safetensors", 0.8); no weight: 1."""
+    path, _, weight = text.rpartition(":")
+    if path and weight:
+        try:
+            value = float(weight)
+        except ValueError:
+            return LoraChoice(text, 1.0)  # a colon inside the path (C:\...)
+        if not abs(value) < 1e3:
+            raise EngineError(f"--lora {text!r}: the weight must be a number below 1000.")
+        return LoraChoice(path, value)
+    return LoraChoice(text, 1.0)
 
 
 def parse_timesteps(text: str, flag: str = "--timesteps",
@@ -59,14 +83,20 @@ def model_or_default(model: str | None) -> str:
     return model
 
 
-def load_cli_generator(args: argparse.Namespace):
-    """The Generator the flags ask for; with --control, its control model on PyTorch."""
+def load_cli_generator(args: argparse.Namespace, loras: tuple[LoraChoice, ...] = (),
+                       decoder: str | None = None):
+    """The Generator the flags ask for; with --control, its control model on PyTorch; with
+    LoRAs or a fast decoder, on PyTorch too (a notice says when that replaces onnx)."""
+    import sys
+
     from engine.pipeline.generator import Generator
     from engine.runtime import create_backend
 
     control_path = getattr(args, "control", None)
     backend = create_backend(model_or_default(args.model), args.backend, args.device,
-                             control=control_path is not None)
+                             control=control_path is not None, loras=loras, decoder=decoder)
+    if getattr(backend, "notice", ""):
+        print(backend.notice, file=sys.stderr)
     if control_path is None:
         return Generator(backend)
     from engine.runtime.control import load_control

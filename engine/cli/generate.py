@@ -14,7 +14,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.api import EngineError, GenerateRequest, os_error_message
-from engine.cli.common import add_model_arguments, load_cli_generator
+from engine.cli.common import (
+    add_adapter_arguments,
+    add_model_arguments,
+    load_cli_generator,
+    parse_lora,
+)
 from engine.recipe import Recipe, png_info, read_recipe
 from engine.untrusted import check_request, clean_prompt
 
@@ -28,6 +33,7 @@ def add_parser(subparsers) -> None:
                     "folder.",
     )
     add_model_arguments(parser)
+    add_adapter_arguments(parser)
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the text prompt (may be empty: unconditional)")
     prompt.add_argument("--prompts", type=Path, help="a text file, one prompt per line (batch)")
@@ -189,7 +195,11 @@ def run(args: argparse.Namespace) -> int:
 
     base = base_request(args)
     prompts = read_prompts(args.prompts) if args.prompts else [base.prompt]
-    generator = load_cli_generator(args)
+    recipe = read_recipe(args.recipe) if args.recipe else None
+    loras = tuple(parse_lora(text) for text in args.lora) if args.lora is not None else \
+        recipe.loras if recipe else ()  # a recipe's LoRAs must be the same files (digests)
+    decoder = args.decoder if args.decoder is not None else recipe.decoder if recipe else ""
+    generator = load_cli_generator(args, loras, decoder or None)
     size = generator.backend.image_size  # the generator resizes images to it anyway, so the
     base = replace(  # recipes store them at that size (exact, and small)
         base, init_image=None if base.init_image is None else resized(base.init_image, size),
@@ -206,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         request = replace(base, prompt=prompt)
         image, timings = generator.generate(request)
         save_png(image, path, Recipe.from_request(request, model, args.backend, control_model,
-                                                  control_type))
+                                                  control_type, loras=generator.loras,
+                                                  decoder=generator.decoder))
         return timings.total_ms
 
     if args.prompts is None:

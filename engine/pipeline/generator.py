@@ -12,7 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.api import GenerateRequest, GenerationInterrupted, InvalidRequestError, StageTimings
+from engine.api import (
+    EngineError,
+    GenerateRequest,
+    GenerationInterrupted,
+    InvalidRequestError,
+    LoraChoice,
+    StageTimings,
+)
 from engine.diffusion.guidance import cfg_x0
 from engine.diffusion.sampling import (
     ddim_sample,
@@ -163,6 +170,37 @@ class Generator:
         self.control_cache.entries.clear()
 
     @property
+    def loras(self) -> tuple[LoraChoice, ...]:
+        """The LoRAs fused into the model now, with their files' digests."""
+        return tuple(getattr(self.backend, "loras", ()))
+
+    @property
+    def decoder(self) -> str:
+        """The fast decoder folder that decodes frames, "" for the model's own VAE."""
+        return str(getattr(self.backend, "decoder", ""))
+
+    def set_loras(self, choices: list[LoraChoice]) -> tuple[LoraChoice, ...]:
+        """Fuse these LoRAs into the model ([] removes them all); the frames after this one
+        use them at no extra cost. Not thread-safe: the service calls it between frames."""
+        if not hasattr(self.backend, "set_loras"):
+            if not choices:
+                return ()
+            raise EngineError("LoRAs run on the PyTorch backend; choose PyTorch or Automatic "
+                              "and load the model again.")
+        applied = self.backend.set_loras(list(choices))
+        self.clear_caches()  # text states and first steps came from the old weights
+        return applied
+
+    def set_decoder(self, folder: str | None) -> None:
+        """Decode frames with a fast autoencoder folder (TAESD-style), or the VAE (None)."""
+        if not hasattr(self.backend, "set_decoder"):
+            if not folder:
+                return
+            raise EngineError("A fast decoder runs on the PyTorch backend; choose PyTorch or "
+                              "Automatic and load the model again.")
+        self.backend.set_decoder(folder)
+
+    @property
     def default_steps(self) -> int:
         """The step count the student was distilled for (student.json "timesteps"): the
         count a caller that does not choose should use."""
@@ -285,15 +323,16 @@ class Generator:
         return x0_fn
 
     # -- the whole request -------------------------------------------------------------------
-    def generate(self, request: GenerateRequest, interrupt: Callable[[], bool] | None = None
-                 ) -> tuple[np.ndarray, StageTimings]:
+    def generate(self, request: GenerateRequest, interrupt: Callable[[], bool] | None = None,
+                 full_decoder: bool = False) -> tuple[np.ndarray, StageTimings]:
         """Run one request; returns the HxWx3 uint8 image and per-stage timings. interrupt()
-        is asked before every UNet call; True raises GenerationInterrupted."""
+        is asked before every UNet call; True raises GenerationInterrupted. full_decoder:
+        decode with the model's own VAE even when a fast decoder draws the frames."""
         check_request(request)
         if len(request.prompt) > MAX_PROMPT_CHARS:  # cut before the tokenizer sees it
             request = replace(request, prompt=clean_prompt(request.prompt))
         if request.teacher_steps and self.is_student:
-            return self.teacher().generate(request, interrupt)
+            return self.teacher().generate(request, interrupt, full_decoder)
         backend, sync = self.backend, self.backend.synchronize
         start = time.perf_counter()
         text = self.encode_prompt(request.prompt)
@@ -324,7 +363,8 @@ class Generator:
                                       init_latent, strength, interrupt, keep_weights, control)
         sync()
         unet_done = time.perf_counter()
-        image = tensor_to_image(backend.decode(latents))
+        decode = backend.decode_full if full_decoder and self.decoder else backend.decode
+        image = tensor_to_image(decode(latents))
         if kept is not None:  # the kept region: the image's own pixels
             image = composite(image, kept, keep_weights)
         end = time.perf_counter()

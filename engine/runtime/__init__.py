@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from engine.api import BACKENDS, ONNX_BACKENDS, EngineError, InvalidRequestError, ModelOptions
+from engine.api import (
+    BACKENDS,
+    ONNX_BACKENDS,
+    EngineError,
+    InvalidRequestError,
+    LoraChoice,
+    ModelOptions,
+)
 
 # "auto" picks onnxruntime on a CPU for a UNet up to this size (about 100M fp32 parameters):
 # its export takes seconds and its frames are ~2x faster than eager torch there
@@ -17,6 +25,8 @@ PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cud
                     "TensorrtExecutionProvider": "tensorrt", "DmlExecutionProvider": "directml",
                     "CoreMLExecutionProvider": "coreml", "OpenVINOExecutionProvider": "openvino"}
 ONNX_ONLY_DEVICES = ("tensorrt", "directml", "coreml", "openvino")  # "auto" picks onnx for them
+TORCH_ONLY_NOTICE = ("LoRAs and a fast decoder run on the PyTorch backend, so PyTorch runs "
+                     "this model instead of ONNX Runtime.")
 
 
 log = logging.getLogger("engine.runtime")
@@ -101,11 +111,25 @@ def torch_instead(model: str, device: str, options: ModelOptions | None, notice:
 
 def create_backend(model: str, backend: str = "torch", device: str = "auto",
                    onnx_threads: int | None = None, options: ModelOptions | None = None,
-                   control: bool = False):
+                   control: bool = False, loras: Sequence[LoraChoice] = (),
+                   decoder: str | None = None):
     """Load a model into the named backend ("auto": see choose_backend); onnx_threads sets
     onnxruntime's intra-op threads (default: one per physical core); options: see ModelOptions.
-    control: a control model (ControlNet, T2I-Adapter) will run with it, which only the torch
-    backend does: onnx falls back to torch with a logged notice, and auto chooses torch."""
+    control: a control model (ControlNet, T2I-Adapter) will run with it; loras and decoder:
+    LoRAs to fuse and a fast decoder folder. Only the torch backend runs these: onnx falls
+    back to torch with a logged notice, and auto chooses torch."""
+    if (loras or decoder) and backend in ("auto", "torch", *ONNX_BACKENDS):
+        onnx_only = device.split(":")[0] in ONNX_ONLY_DEVICES
+        runtime = create_backend(model, "torch", "auto" if onnx_only else device,
+                                 options=options, control=control)
+        if backend in ONNX_BACKENDS:
+            log.warning(TORCH_ONLY_NOTICE)
+            runtime.notice = TORCH_ONLY_NOTICE
+        if loras:
+            runtime.set_loras(list(loras))
+        if decoder:
+            runtime.set_decoder(decoder)
+        return runtime
     if control and backend in ("auto", *ONNX_BACKENDS):
         onnx_only = device.split(":")[0] in ONNX_ONLY_DEVICES
         torch_device = "auto" if onnx_only else device

@@ -8,9 +8,11 @@ from functools import partial
 
 import torch
 
-from engine.api import EngineError, ModelOptions
+from engine.api import EngineError, LoraChoice, ModelOptions
 from engine.runtime.cuda_graphs import GraphedCall, graphs_wanted, new_memory_pool
+from engine.runtime.decoder import load_fast_decoder
 from engine.runtime.loading import PipelineParts, encode_latents, load_pipeline
+from engine.runtime.lora import LoraFuser, applied_choices, lora_components, read_choices
 from engine.runtime.sdxl import pooled_text_kwargs
 from engine.runtime.text import TextEmbedding
 
@@ -47,6 +49,8 @@ class TorchBackend:
 
     name = "torch"
     notice = ""  # why it runs instead of the backend asked for (create_backend's fallback)
+    loras: tuple[LoraChoice, ...] = ()  # fused now (set_loras), with their files' digests
+    decoder = ""  # the fast decoder folder that decodes frames (set_decoder), "" for the VAE
 
     def __init__(self, parts: PipelineParts, device: str, cuda_graphs: bool = True):
         self.parts = parts
@@ -67,11 +71,12 @@ class TorchBackend:
         # Stage functions over the parts, not bound methods: no reference cycle keeps a
         # swapped-out model's weights and graph memory on the GPU until a full collection.
         self._unet_call = partial(unet_forward, parts)
-        self._decode_call = partial(decode_forward, parts)
+        self._decode_call = self._full_decode_call = partial(decode_forward, parts)
         self._clip_text_call = None  # CLIP has no attention mask, so its graph never branches
         # the UNet with a control model's residuals (see unet()), graphed like the plain one
         self._controlled_unet_calls = {kind: partial(controlled_unet_forward, parts, kind)
                                        for kind in (False, True)}
+        self._lora_fuser: LoraFuser | None = None
         self.graph_pool = None  # the memory pool of this backend's CUDA graphs
         if self.cuda_graphs:
             self.graph_pool = pool = new_memory_pool()
@@ -80,7 +85,8 @@ class TorchBackend:
                 kind: GraphedCall(call, "the UNet with a T2I-Adapter" if kind else
                                   "the UNet with a ControlNet", pool)
                 for kind, call in self._controlled_unet_calls.items()}
-            self._decode_call = GraphedCall(self._decode_call, "the decoder", pool)
+            self._decode_call = self._full_decode_call = GraphedCall(self._decode_call,
+                                                                     "the decoder", pool)
             if parts.text_encoder.is_clip:
                 self._clip_text_call = GraphedCall(parts.text_encoder.encode_ids,
                                                    "the text encoder", pool)
@@ -99,6 +105,35 @@ class TorchBackend:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         return cls(load_pipeline(model, device=device, dtype=dtype, options=options), device,
                    cuda_graphs)
+
+    def set_loras(self, choices: list[LoraChoice]) -> tuple[LoraChoice, ...]:
+        """Fuse these LoRAs (replacing those fused before; [] restores the loaded weights
+        exactly); returns them with their digests. A file that does not fit changes nothing."""
+        files = read_choices(choices)
+        if self._lora_fuser is None:
+            self._lora_fuser = LoraFuser(lora_components(self.parts))
+        self._lora_fuser.fuse(files)
+        self.loras = applied_choices(files)
+        return self.loras
+
+    def set_decoder(self, folder: str | None) -> None:
+        """Decode frames with a fast autoencoder folder (TAESD-style AutoencoderTiny), or
+        with the model's own VAE again (None or "")."""
+        if not folder:
+            self._decode_call, self.decoder = self._full_decode_call, ""
+            return
+        vae, scale = load_fast_decoder(folder, self.latent_channels, self.device, self.dtype)
+        if self.device.startswith("cuda"):
+            vae.to(memory_format=torch.channels_last)
+        call = partial(decode_with, vae, scale)
+        if self.cuda_graphs:
+            call = GraphedCall(call, "the fast decoder", self.graph_pool)
+        self._decode_call, self.decoder = call, str(folder)
+
+    @torch.inference_mode()
+    def decode_full(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images with the model's own VAE, whatever decodes frames."""
+        return self._full_decode_call(latents.to(self.device, self.dtype))
 
     def graphed_stages(self) -> list[str]:
         """The stages that replay from CUDA graphs (after a capture failed, not that one)."""
@@ -181,4 +216,11 @@ def controlled_unet_forward(parts: PipelineParts, intrablock: bool, x_in: torch.
 
 
 def decode_forward(parts: PipelineParts, latents: torch.Tensor) -> torch.Tensor:
-    return parts.vae.decode(latents / parts.latent_scale).sample.clamp(-1, 1)
+    return decode_with(parts.vae, parts.latent_scale, latents)
+
+
+def decode_with(vae: torch.nn.Module, latent_scale: float, latents: torch.Tensor
+                ) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1] by an autoencoder whose scaling factor is
+    latent_scale (1 for TAESD, which decodes SD-scaled latents as they are)."""
+    return vae.decode(latents / latent_scale).sample.clamp(-1, 1)
