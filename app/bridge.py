@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from engine.api import EngineError, GenerateRequest, GenerateResult
+from engine.api import EngineError, GenerateRequest, GenerateResult, LoraChoice
 from engine.service import GenerationService
 
 GeneratorLoader = Callable[[str | None, str, str], object]
@@ -39,7 +39,13 @@ class LiveEngine(QObject):
     result_ready = Signal(object, object)  # GenerateResult, its GenerateRequest (UI thread)
     busy_changed = Signal(bool)  # True while the newest request has no final frame yet
     generator_changed = Signal(str)  # a description: "model · backend/device"
+    loras_applied = Signal(object)  # the fused LoRAs (tuple of LoraChoice, with digests)
+    adapters_failed = Signal(str)  # a LoRA or decoder could not be used: one sentence
+    adapters_changed = Signal()  # LoRAs or the decoder changed: frames look different now
+    full_render_ready = Signal(object, object)  # full-VAE image, the GenerateRequest
+    full_render_failed = Signal(str)
     _delivered_on_worker = Signal(object)  # internal: emitted on the worker thread
+    _job_done_on_worker = Signal(str, object, object)  # internal: kind, future, payload
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -52,7 +58,11 @@ class LiveEngine(QObject):
         self.is_student = True
         self.default_steps = 1
         self.prompt_suggestions: list[str] = []
+        self.loras: list[LoraChoice] = []  # what the user chose (re-applied to a new model)
+        self.applied_loras: tuple[LoraChoice, ...] = ()  # what the model runs with now
+        self.decoder = ""  # the fast decoder folder chosen, "" for the model's VAE
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
+        self._job_done_on_worker.connect(self._on_job_done, Qt.ConnectionType.QueuedConnection)
 
     # -- model -------------------------------------------------------------------------------
     @property
@@ -83,7 +93,61 @@ class LiveEngine(QObject):
         self.default_steps = int(getattr(generator, "default_steps", 1))
         # Prompts the model draws well (its prompts.txt); the live tab offers them.
         self.prompt_suggestions = list(getattr(generator, "prompt_suggestions", None) or [])
+        self.applied_loras = ()
+        if self.loras:  # the user's LoRAs and decoder carry over to the new model
+            self.set_loras(self.loras)
+        if self.decoder:
+            self.set_decoder(self.decoder)
         self.generator_changed.emit(description)
+
+    # -- LoRAs and the fast decoder (run by the service between frames) ------------------------
+    def set_loras(self, loras: list[LoraChoice]) -> None:
+        """Fuse these LoRAs into the running model; loras_applied or adapters_failed follows."""
+        self.loras = list(loras)
+        if self._service is not None:
+            self._watch("loras", self._service.set_loras(list(loras)))
+
+    def set_decoder(self, folder: str) -> None:
+        """Decode live frames with this fast decoder folder ("" for the model's own VAE)."""
+        self.decoder = folder
+        if self._service is not None:
+            self._watch("decoder", self._service.set_decoder(folder or None))
+
+    def render_full(self, request: GenerateRequest) -> bool:
+        """Ask for the request's image decoded by the full VAE (full_render_ready follows);
+        False when no model is loaded."""
+        if self._service is None:
+            return False
+        self._watch("render", self._service.render_full(request), request)
+        return True
+
+    def _watch(self, kind: str, future, payload=None) -> None:
+        future.add_done_callback(
+            lambda done: self._job_done_on_worker.emit(kind, done, payload))
+
+    @Slot(str, object, object)
+    def _on_job_done(self, kind: str, future, payload) -> None:
+        if self._closed or future.cancelled():
+            return  # a newer setting replaced it, or the window is closing
+        error = future.exception()
+        if kind == "render":
+            if error is None:
+                self.full_render_ready.emit(future.result(), payload)
+            else:
+                self.full_render_failed.emit(error_text(error))
+            return
+        if error is not None:  # back to what the model runs with
+            if kind == "decoder":
+                self.decoder = ""
+            else:
+                self.loras = [LoraChoice(lora.path, lora.weight) for lora in self.applied_loras]
+            self.adapters_failed.emit(error_text(error))
+            return
+        if kind == "loras":
+            self.applied_loras = tuple(future.result())
+            self.loras = [LoraChoice(choice.path, choice.weight) for choice in self.applied_loras]
+            self.loras_applied.emit(self.applied_loras)
+        self.adapters_changed.emit()
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, request: GenerateRequest) -> int | None:

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.adapters_panel import AdaptersPanel
 from app.bridge import GeneratorLoader, LiveEngine, ModelLoadJob, default_loader
 from app.distill_panel import DistillPanel
 from app.model_picker import ModelSourcePicker
@@ -128,7 +129,10 @@ class ModelPanel(QGroupBox):
 
     def load(self, model: str, description: str) -> None:
         """Start a background load; the newest load wins if several overlap."""
-        job = ModelLoadJob(model, self.backend, description, self._loader, self)
+        backend = self.backend
+        if backend == "auto" and (self.engine.loras or self.engine.decoder):
+            backend = "torch"  # LoRAs and a fast decoder run on PyTorch
+        job = ModelLoadJob(model, backend, description, self._loader, self)
         job.loaded.connect(lambda generator, text, job=job: self._on_loaded(job, generator, text))
         job.failed.connect(lambda message, job=job: self._on_failed(job, message))
         job.finished.connect(lambda job=job: self._on_job_finished(job))
@@ -178,11 +182,14 @@ class EngineTab(QWidget):
                  distill_command: list[str] | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.model_panel = ModelPanel(engine, settings, loader)
+        self.adapters_panel = AdaptersPanel(engine, settings)
         self.distill_panel = DistillPanel(settings, distill_command)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_panel)
+        layout.addWidget(self.adapters_panel)
         layout.addWidget(self.distill_panel, 1)
         self.model_panel.status_message.connect(self.status_message)
+        self.adapters_panel.status_message.connect(self.status_message)
         self.distill_panel.status_message.connect(self.status_message)
         self.distill_panel.use_student_requested.connect(self._use_student)
 

@@ -12,6 +12,7 @@ A round of Variations is a VariationRound (app/variations.py), a Compare a Compa
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from dataclasses import replace
@@ -40,7 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import LiveEngine
-from app.canvas import Canvas, array_to_qimage, sketch_layer_from_white
+from app.canvas import Canvas, array_to_qimage, save_image_atomic, sketch_layer_from_white
 from app.compare_panel import ComparePanel
 from app.history import HistoryEntry, HistoryStrip
 from app.meter import FrameRate, format_meter
@@ -65,6 +66,8 @@ class LiveTab(QWidget):
         self.last_frame_request: GenerateRequest | None = None
         self.last_result: GenerateResult | None = None
         self.frame_recipe: Recipe | None = None  # what made the frame on the canvas
+        self._full_saves: dict[int, tuple[str, Recipe]] = {}  # full-VAE saves under way, by id
+        self._full_save_ids = itertools.count(1)
         self.variations = VariationRound()  # Variations' frames go to the history strip
         self.frame_rate = FrameRate()
         self.canvas = Canvas()
@@ -307,6 +310,10 @@ class LiveTab(QWidget):
         self.engine.busy_changed.connect(self.busy_bar.setVisible)
         self.engine.busy_changed.connect(lambda busy: self.variations_button.setEnabled(not busy))
         self.engine.generator_changed.connect(self._on_generator_changed)
+        self.engine.adapters_changed.connect(self.submit_current)  # LoRAs, decoder: redraw
+        self.engine.full_render_ready.connect(self._save_full_render)
+        self.engine.full_render_failed.connect(
+            lambda message: self.status_message.emit(f"Could not save: {message}"))
 
     # -- requests ----------------------------------------------------------------------------
     @property
@@ -505,7 +512,8 @@ class LiveTab(QWidget):
         request = result.request
         if result.preview:  # the service drew it at the request's preview step count
             request = replace(request, steps=request.preview_steps, preview_steps=0)
-        return Recipe.from_request(request, self.engine.description, result.backend)
+        return Recipe.from_request(request, self.engine.description, result.backend,
+                                   result.loras, result.decoder)
 
     def edit_image(self, image: QImage, name: str) -> bool:
         """Make an image the one Image edit mode paints over and edits."""
@@ -615,6 +623,8 @@ class LiveTab(QWidget):
         """Save the frame ("image", with its recipe) or the sketch layer ("sketch") as PNG,
         atomically; a saved frame joins the history."""
         try:
+            if what == "image" and self._save_with_full_vae(path):
+                return True
             if what == "image":
                 recipe = self.frame_recipe
                 self.canvas.save_frame(path, text_chunks(recipe) if recipe else None)
@@ -629,6 +639,34 @@ class LiveTab(QWidget):
         self.settings.last_save_folder = str(Path(path).parent)
         self.status_message.emit(f"Saved {path}")
         return True
+
+    def _save_with_full_vae(self, path: str) -> bool:
+        """When a fast decoder drew the frame and the user saves with the full VAE, ask the
+        engine to decode the frame's request with it; _save_full_render saves it."""
+        recipe = self.frame_recipe
+        if not (self.settings.save_full_vae and recipe is not None and recipe.decoder):
+            return False
+        full_recipe = replace(recipe, decoder="")
+        save_id = next(self._full_save_ids)
+        if not self.engine.render_full(replace(full_recipe.request(), request_id=save_id)):
+            return False
+        self._full_saves[save_id] = (path, full_recipe)
+        self.status_message.emit(f"Saving {path} with the full VAE…")
+        return True
+
+    def _save_full_render(self, image, request: GenerateRequest) -> None:
+        path, recipe = self._full_saves.pop(request.request_id, (None, None))
+        if path is None:
+            return
+        frame = array_to_qimage(image)
+        try:
+            save_image_atomic(frame, path, text_chunks(recipe))
+        except OSError as error:
+            self.status_message.emit(str(error))
+            return
+        self.history.add(HistoryEntry(frame, recipe))
+        self.settings.last_save_folder = str(Path(path).parent)
+        self.status_message.emit(f"Saved {path} (full VAE)")
 
     def default_save_name(self, what: str) -> str:
         """'red-apple-seed-7.png' for the frame (from its recipe), 'sketch.png' otherwise."""

@@ -68,6 +68,8 @@ class AppSettings:
     last_save_folder: str = ""
     last_run_folder: str = ""
     window_geometry: str = ""  # QByteArray.toBase64() of saveGeometry()
+    decoder: str = ""  # a fast decoder folder for live frames (TAESD), "" for the model's VAE
+    save_full_vae: bool = True  # Save image: decode with the full VAE when a fast one drew it
     distill: DistillSettings = field(default_factory=DistillSettings)
 
 

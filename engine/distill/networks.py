@@ -161,6 +161,17 @@ def add_lora(unet: nn.Module, rank: int) -> None:
                                 target_modules=LORA_TARGETS))
 
 
+def lora_layers(unet: nn.Module) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """{("unet", module path): (lora_A, lora_B)} of a UNet with peft LoRA adapters: the
+    layers a standard LoRA file holds (engine.runtime.lora_files.write_lora_file)."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet)
+    return {("unet", key.removesuffix(".lora_A.weight")):
+            (value.float().cpu(), state[key.replace(".lora_A.", ".lora_B.")].float().cpu())
+            for key, value in state.items() if key.endswith(".lora_A.weight")}
+
+
 def merged_unet(unet: nn.Module) -> nn.Module:
     """A plain UNet2DConditionModel copy (CPU, fp32) with any LoRA adapters merged in."""
     from diffusers import UNet2DConditionModel

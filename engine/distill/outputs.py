@@ -11,8 +11,9 @@ import torch
 from engine.diffusion.sampling import ddim_sample, multistep_sample
 from engine.diffusion.schedule import ddim_timesteps, timestep_tensor
 from engine.distill.data import sample_prompts
-from engine.distill.networks import add_lora, cfg_x0_function, merged_unet
+from engine.distill.networks import add_lora, cfg_x0_function, lora_layers, merged_unet
 from engine.distill.run_folder import export_student, save_grid
+from engine.runtime.lora_files import write_lora_file
 
 if TYPE_CHECKING:
     from engine.distill.trainer import DistillTrainer
@@ -109,6 +110,9 @@ def export_student_folder(trainer: DistillTrainer, student_json: dict) -> None:
             add_lora(unet, trainer.config.lora_rank)
         unet.load_state_dict({key.removeprefix("unet."): value.float().cpu()
                               for key, value in state.items()}, strict=True)
+        if trainer.config.lora_rank:  # also a LoRA file other tools load over the teacher
+            write_lora_file(trainer.run.lora_path, lora_layers(unet),
+                            alpha=float(trainer.config.lora_rank))
         export_student(trainer.run.student_dir, trainer.parts.model_dir, merged_unet(unet),
                        student_json)
     accelerator.wait_for_everyone()

@@ -6,6 +6,9 @@ runs/NAME/
     samples/step-N.png      grid of the fixed sample prompts and seeds at step N
     checkpoints/step-N/     accelerate state + checkpoint.json (the step); last K kept
     student/                loadable model folder (docs/model-format.md), refreshed atomically
+    lora/pytorch_lora_weights.safetensors
+                            with --lora-rank: the student as a standard LoRA file over the
+                            teacher (diffusers / PEFT naming), refreshed with student/
     regression_pairs.pt     cached teacher pairs (DMD regression loss)
     real_latents.pt         cached latents of --real-data (GAN)
 """
@@ -36,6 +39,7 @@ class RunFolder:
         self.samples_dir = self.path / "samples"
         self.checkpoints_dir = self.path / "checkpoints"
         self.student_dir = self.path / "student"
+        self.lora_path = self.path / "lora" / "pytorch_lora_weights.safetensors"
 
     def create(self) -> None:
         for folder in (self.path, self.samples_dir, self.checkpoints_dir):

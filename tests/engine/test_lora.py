@@ -16,7 +16,7 @@ from engine.runtime import create_backend
 from engine.runtime.lora import find_module, lora_components
 from engine.runtime.lora_files import read_lora_file
 from engine.runtime.torch_backend import TorchBackend
-from tests.engine.lora_files import merged_by_hand, random_layers, write_kohya, write_peft
+from tests.engine.adapter_files import merged_by_hand, random_layers, write_kohya, write_peft
 
 REQUEST = GenerateRequest(prompt="red apple", seed=3)
 

@@ -13,7 +13,7 @@ from engine.recipe import Recipe, read_recipe
 from engine.runtime.lora import lora_components
 from engine.runtime.lora_files import read_lora_file
 from engine.runtime.torch_backend import TorchBackend
-from tests.engine.lora_files import random_layers, write_kohya, write_peft
+from tests.engine.adapter_files import random_layers, write_kohya, write_peft
 from tests.engine.test_cli import assert_clean_error, run_in_process
 
 

@@ -1,4 +1,5 @@
-"""Random LoRA files for the tiny pipelines, in diffusers / PEFT and in kohya naming."""
+"""Random LoRA files for the tiny pipelines (diffusers / PEFT and kohya naming) and a tiny
+fast decoder folder."""
 
 from __future__ import annotations
 
@@ -67,3 +68,15 @@ def merged_by_hand(components: dict[str, torch.nn.Module], loras: list[tuple[dic
             product = up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)
             merged[key] = base + weight * alpha / rank * product.reshape(base.shape)
     return merged
+
+
+def write_tiny_decoder(folder: Path, seed: int) -> Path:
+    """A random AutoencoderTiny folder shaped like the tiny pipelines' (a stand-in for TAESD)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
+                    decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
+                    num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+                    scaling_factor=1.0).save_pretrained(folder)
+    return folder
