@@ -513,7 +513,7 @@ class LiveTab(QWidget):
         if result.preview:  # the service drew it at the request's preview step count
             request = replace(request, steps=request.preview_steps, preview_steps=0)
         return Recipe.from_request(request, self.engine.description, result.backend,
-                                   result.loras, result.decoder)
+                                   loras=result.loras, decoder=result.decoder)
 
     def edit_image(self, image: QImage, name: str) -> bool:
         """Make an image the one Image edit mode paints over and edits."""

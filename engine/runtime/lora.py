@@ -147,9 +147,8 @@ def applied_choices(loras: Sequence[tuple[LoraFile, float]]) -> tuple[LoraChoice
 
 
 def lora_components(parts) -> dict[str, nn.Module]:
-    """The parts of a loaded pipeline a LoRA may adapt, by the names LoRA files use."""
-    components = {"unet": parts.unet, "text_encoder": parts.text_encoder.model}
-    second = getattr(parts, "text_encoder_2", None)
-    if second is not None:
-        components["text_encoder_2"] = getattr(second, "model", second)
-    return components
+    """The parts of a loaded pipeline a LoRA may adapt, by the names LoRA files use (SDXL's
+    two text encoders: text_encoder and text_encoder_2)."""
+    encoders = getattr(parts.text_encoder, "models", None) or (parts.text_encoder.model,)
+    names = ("text_encoder", "text_encoder_2")
+    return {"unet": parts.unet, **dict(zip(names, encoders, strict=False))}
