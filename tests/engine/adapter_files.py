@@ -38,8 +38,11 @@ def random_layers(components: dict[str, torch.nn.Module], rank: int = 2, seed: i
 
 
 def write_kohya(path: Path, layers: dict, alpha: float) -> Path:
-    """The same layers in kohya naming: lora_unet_<path with _>.lora_down.weight, .alpha."""
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+    """The same layers in kohya naming: lora_unet_<path with _>.lora_down.weight, .alpha;
+    lora_te1_ / lora_te2_ for SDXL's two text encoders, lora_te_ for one."""
+    two_encoders = any(component == "text_encoder_2" for component, _ in layers)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_encoders else "lora_te_",
+                "text_encoder_2": "lora_te2_"}
     tensors = {}
     for (component, module), (down, up) in layers.items():
         name = prefixes[component] + module.replace(".", "_")

@@ -190,3 +190,39 @@ def test_the_service_fuses_between_frames_and_stamps_results(backend, components
         assert backend.loras == applied  # a bad file changes nothing
     finally:
         service.close()
+
+
+def test_sdxl_kohya_lora_reaches_both_text_encoders_and_unfuses_exactly(tmp_path):
+    sdxl = TorchBackend.load(str(build_tiny_pipeline(tmp_path / "sdxl", family="sdxl")), "cpu")
+    components = lora_components(sdxl.parts)
+    assert set(components) == {"unet", "text_encoder", "text_encoder_2"}
+    layers = {}
+    for component in ("text_encoder", "text_encoder_2"):
+        weight = find_module(components[component],
+                             "text_model.encoder.layers.0.self_attn.q_proj").weight
+        layers[(component, "text_model.encoder.layers.0.self_attn.q_proj")] = (
+            torch.randn(2, weight.shape[1]), torch.randn(weight.shape[0], 2))
+    name = next(name for name, module in components["unet"].named_modules()
+                if name.endswith("attn2.to_k"))
+    weight = components["unet"].get_submodule(name).weight
+    layers[("unet", name)] = (torch.randn(2, weight.shape[1]), torch.randn(weight.shape[0], 2))
+    path = write_kohya(tmp_path / "sdxl_kohya.safetensors", layers, alpha=1.0)
+    assert {layer.component for layer in read_lora_file(path).layers} == \
+        {"unet", "text_encoder", "text_encoder_2"}
+    original = {key: find_module(components[key[0]], key[1]).weight.detach().clone()
+                for key in layers}
+    expected = merged_by_hand(components, [(layers, 1.0, 0.6)])
+    sdxl.set_loras([LoraChoice(str(path), 0.6)])
+    for key, weight in expected.items():
+        torch.testing.assert_close(find_module(components[key[0]], key[1]).weight, weight,
+                                   rtol=0, atol=1e-6)
+    sdxl.set_loras([])
+    assert all(torch.equal(find_module(components[key[0]], key[1]).weight, value)
+               for key, value in original.items())
+
+
+def test_an_sd1_lora_on_sdxl_is_refused(tmp_path, components):
+    sdxl = TorchBackend.load(str(build_tiny_pipeline(tmp_path / "sdxl", family="sdxl")), "cpu")
+    path = write_peft(tmp_path / "sd1.safetensors", random_layers(components), 1.0)
+    with pytest.raises(ModelLoadError, match="another architecture"):
+        sdxl.set_loras([LoraChoice(str(path), 1.0)])
