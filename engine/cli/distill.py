@@ -96,6 +96,10 @@ def add_parser(subparsers) -> None:
              "text-only)")
     add("--gradient-checkpointing", action="store_true", default=None,
         help="recompute UNet activations in the backward pass (less memory, ~30%% slower)")
+    add("--precision", choices=("auto", "bf16", "fp32"), default=None,
+        help="bf16: bf16 autocast for student and critic and a bf16 frozen teacher (half "
+             "their activation and the teacher's weight memory); fp32: full precision; "
+             "default auto: bf16 on GPUs that have it, fp32 on the CPU")
     add("--lora-rank", type=int, default=None,
         help="train a LoRA student of this rank instead of all weights (big teachers); "
              "merged into student/ when saved (default 0, full fine-tuning)")

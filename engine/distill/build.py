@@ -26,7 +26,8 @@ def quiet_libraries() -> None:
 
 
 def make_accelerator(config: DistillConfig):
-    """DDP/FSDP-ready accelerator; bf16 autocast on GPUs that have it, fp32 otherwise."""
+    """DDP/FSDP-ready accelerator; bf16 autocast with --precision bf16, or auto on GPUs
+    that have it; fp32 otherwise."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -34,8 +35,8 @@ def make_accelerator(config: DistillConfig):
         raise EngineError("--device cuda was asked for but no CUDA GPU is visible; use "
                           "--device cpu or auto.")
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
-    mixed_precision = "no"
-    if not use_cpu and torch.cuda.is_bf16_supported():
+    mixed_precision = "bf16" if config.precision == "bf16" else "no"
+    if config.precision == "auto" and not use_cpu and torch.cuda.is_bf16_supported():
         mixed_precision = "bf16"
     # The generator's GAN term runs the critic but only needs its trunk's gradients; the
     # trainer adds 0 * output so DDP sees every critic parameter used.
@@ -44,9 +45,11 @@ def make_accelerator(config: DistillConfig):
                        kwargs_handlers=[ddp_kwargs])
 
 
-def teacher_dtype(device: torch.device) -> torch.dtype:
-    """The frozen teacher (and VAE, text encoder) in bf16 on GPUs that have it, fp16 on older
-    GPUs, fp32 on the CPU."""
+def teacher_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The frozen teacher (and VAE, text encoder) in bf16 with --precision bf16; with auto,
+    bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -54,7 +57,8 @@ def teacher_dtype(device: torch.device) -> torch.dtype:
 
 def load_teacher(config: DistillConfig, device: torch.device) -> PipelineParts:
     """The teacher pipeline, frozen; errors (missing unet/, offline hub id) are one line."""
-    parts = load_pipeline(config.teacher, device=str(device), dtype=teacher_dtype(device))
+    parts = load_pipeline(config.teacher, device=str(device),
+                          dtype=teacher_dtype(device, config.precision))
     prediction_type = parts.schedule.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
         raise EngineError(f"The teacher predicts {prediction_type!r}; distillation supports "
@@ -77,12 +81,14 @@ def build_networks(config: DistillConfig, parts: PipelineParts,
     """Student and critic start as fp32 copies of the teacher UNet (DMD sec. 3.1)."""
     from diffusers import UNet2DConditionModel
 
-    teacher = ScoreNetwork(parts.unet, parts.latent_channels).eval().requires_grad_(False)
+    time_ids = parts.time_ids  # SDXL's size/crop conditioning, None for other families
+    teacher = ScoreNetwork(parts.unet, parts.latent_channels, time_ids).eval()
+    teacher.requires_grad_(False)
     unet_dir = parts.model_dir / "unet"
     student_unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32)
     critic_unet = copy.deepcopy(student_unet)
-    student = ScoreNetwork(student_unet, parts.latent_channels)
-    critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan)
+    student = ScoreNetwork(student_unet, parts.latent_channels, time_ids)
+    critic = CriticNetwork(critic_unet, parts.latent_channels, config.uses_gan, time_ids)
     resuming = latest_checkpoint(Path(config.out) / "checkpoints") is not None
     if config.init_from and not resuming:  # a resume loads its own checkpoint instead
         load_init_weights(Path(config.init_from), {"student": student, "critic": critic})

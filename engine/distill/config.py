@@ -14,6 +14,7 @@ METHODS = ("dmd", "dmd2")
 STUDENT_STEP_CHOICES = (1, 2, 4)
 REGRESSION_DISTANCES = ("l2", "l1")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 PROGRESS_MODES = ("bar", "json", "none")
 # What each method means when its flags are not given: DMD (Yin et al. 2024a) trains the
 # distribution matching loss with the regression loss and one critic update per step; DMD2
@@ -67,6 +68,9 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     gradient_checkpointing: bool = False
+    # bf16: autocast and a bf16 frozen teacher (CPU too); fp32: neither; auto: bf16 on GPUs
+    # that have it, fp16 teacher on older GPUs, fp32 on the CPU
+    precision: str = "auto"
     lora_rank: int = 0  # > 0: train a LoRA student of this rank (merged when saved)
     init_from: str | None = None  # a distill checkpoint folder: start student and critic there
     checkpoint_every: int = 250  # generator steps between checkpoints (and student/ refresh)
@@ -145,6 +149,8 @@ class DistillConfig:
                               f"{self.regression_distance!r}.")
         if self.device not in DEVICES:
             raise EngineError(f"--device must be auto, cpu or cuda, not {self.device!r}.")
+        if self.precision not in PRECISIONS:
+            raise EngineError(f"--precision must be auto, bf16 or fp32, not {self.precision!r}.")
         if self.progress not in PROGRESS_MODES:
             raise EngineError(f"--progress must be bar, json or none, not {self.progress!r}.")
         if self.sketch_fraction is not None and not (

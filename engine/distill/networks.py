@@ -10,20 +10,26 @@ from torch import nn
 
 from engine.diffusion.guidance import cfg_x0
 from engine.diffusion.schedule import NoiseSchedule
+from engine.runtime.sdxl import pooled_text_kwargs, uses_pooled_text
 from engine.runtime.text import TextEmbedding
 
 
 class ScoreNetwork(nn.Module):
     """A UNet called the way the engine calls it (pipeline/generator.py): conditioning
     channels concatenated after the noisy latent (zeros without a sketch), pooled text as
-    class_labels when the UNet has a projection class embedding."""
+    class_labels when the UNet has a projection class embedding, or with SDXL's size/crop
+    time ids as added_cond_kwargs (engine.runtime.sdxl)."""
 
-    def __init__(self, unet: nn.Module, latent_channels: int):
+    def __init__(self, unet: nn.Module, latent_channels: int,
+                 time_ids: torch.Tensor | None = None):
         super().__init__()
         self.unet = unet
         self.latent_channels = latent_channels
         self.conditioning_channels = int(unet.config.in_channels) - latent_channels
-        self.uses_pooled_text = unet.config.class_embed_type == "projection"
+        self.uses_pooled_text = uses_pooled_text(unet)
+        # (1, 6) SDXL micro-conditioning; a buffer so it follows .to(device), not saved
+        self.register_buffer("time_ids", None if time_ids is None else time_ids.float(),
+                             persistent=False)
 
     def unet_inputs(self, x_t: torch.Tensor, token_states: torch.Tensor, pooled: torch.Tensor,
                     conditioning: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
@@ -33,7 +39,8 @@ class ScoreNetwork(nn.Module):
                 shape = (x_t.shape[0], self.conditioning_channels, *x_t.shape[2:])
                 conditioning = torch.zeros(shape, device=x_t.device, dtype=x_t.dtype)
             x_t = torch.cat([x_t, conditioning.to(x_t)], dim=1)
-        extra = {"class_labels": pooled.to(dtype)} if self.uses_pooled_text else {}
+        extra = pooled_text_kwargs(self.unet, pooled.to(x_t.device, dtype), self.time_ids) \
+            if self.uses_pooled_text else {}
         return x_t.to(dtype), {"encoder_hidden_states": token_states.to(dtype), **extra}
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, token_states: torch.Tensor,
@@ -83,8 +90,9 @@ class CriticNetwork(ScoreNetwork):
     """The fake score: a trainable copy of the teacher UNet, plus the GAN head (DMD2) that
     reads unet.mid_block's output through a forward hook on the same forward pass."""
 
-    def __init__(self, unet: nn.Module, latent_channels: int, with_gan_head: bool):
-        super().__init__(unet, latent_channels)
+    def __init__(self, unet: nn.Module, latent_channels: int, with_gan_head: bool,
+                 time_ids: torch.Tensor | None = None):
+        super().__init__(unet, latent_channels, time_ids)
         self.mid_block_output: torch.Tensor | None = None
         self.gan_head: GanClassifierHead | None = None
         if with_gan_head:

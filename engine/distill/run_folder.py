@@ -26,7 +26,9 @@ import torch
 
 from engine.runtime.loading import PROMPTS_FILE
 
-STATIC_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer")
+# the teacher's parts a student folder shares (SDXL's second text encoder and tokenizer too)
+STATIC_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2",
+                "tokenizer_2")
 
 
 class RunFolder:
