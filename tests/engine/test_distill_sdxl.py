@@ -35,3 +35,17 @@ def test_a_lora_student_of_an_sdxl_teacher_trains_in_bf16_loads_and_renders(tmp_
     assert changed and all("attn" in key for key in changed)  # the LoRA targets, trained
     for key, value in fused.items():
         torch.testing.assert_close(saved[key].float(), value, rtol=0, atol=2e-3)
+
+
+def test_precision_bf16_means_bf16_autocast_and_a_bf16_teacher(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from engine.distill import build
+    from engine.distill.config import DistillConfig
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    config = DistillConfig(teacher="t", out=str(tmp_path), device="cpu", precision="bf16")
+    assert build.make_accelerator(config).mixed_precision == "bf16"
+    assert build.teacher_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert build.teacher_dtype(torch.device("cpu"), "auto") == torch.float32
+    AcceleratorState._reset_state(reset_partial_state=True)
