@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from engine.api import LoraChoice, ModelLoadError
-from engine.runtime.lora_files import LoraFile, LoraLayer, read_lora_file
+from engine.runtime.lora_files import LoraFile, LoraLayer, read_lora_file, sgm_to_diffusers
 
 # CLIP text encoders were saved with a text_model. level (transformers 4) that transformers 5
 # folds away; LoRA files name their layers with it.
@@ -87,10 +87,17 @@ class LoraFuser:
                     f"{tuple(layer.up.shape[:1]) + tuple(layer.down.shape[1:])}, so it was made "
                     "for another architecture.")
 
+    def resolved(self, lora: LoraFile) -> LoraFile:
+        """The file with kohya SDXL (sgm) block names renamed to this UNet's modules."""
+        layers = list(lora.layers)
+        renamed = sgm_to_diffusers(layers, self.components["unet"].config, lora.path)
+        return lora if renamed is layers else LoraFile(lora.path, lora.sha256, tuple(renamed))
+
     @torch.no_grad()
     def fuse(self, loras: Sequence[tuple[LoraFile, float]]) -> None:
         """Replace whatever is fused now by these (file, weight) pairs; every file is checked
         before any weight changes."""
+        loras = [(self.resolved(lora), weight) for lora, weight in loras]
         for lora, _ in loras:
             self.check(lora)
         self.unfuse()

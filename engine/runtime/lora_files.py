@@ -6,7 +6,8 @@ scale * up @ down to a layer's weight, scale = alpha / rank. The namings read he
   file's `lora_adapter_metadata`, else alpha = rank), the older `.lora.down.weight` /
   `.lora.up.weight`, the attention-processor form `attn1.processor.to_q_lora.down.weight`
   and `.lora_linear_layer.down.weight`; `text_encoder.` / `text_encoder_2.` likewise.
-- kohya (sd-scripts, most files shared online): `lora_unet_<module path with _>`,
+- kohya (sd-scripts, most files shared online): `lora_unet_<module path with _>` (SDXL:
+  the original UNet's `input_blocks_N_M_...`, renamed by diffusers' block mapping),
   `lora_te_` (`lora_te1_` / `lora_te2_` for SDXL's two encoders), `.lora_down.weight`,
   `.lora_up.weight` and `.alpha`. Their module names lose the dots, so they are matched
   against the model's own module names when fused (engine/runtime/lora.py).
@@ -27,9 +28,14 @@ from engine.api import ModelLoadError, os_error_message
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
-# (suffix of the down tensor, suffix of the up tensor) in diffusers / PEFT files
-DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora.down.weight", ".lora.up.weight"),
-                   (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"))
+# (suffix of the down tensor, suffix of the up tensor, what of the suffix names the layer) in
+# diffusers / PEFT files; "…attn1.processor.to_q_lora.down.weight" keeps its "_lora"
+DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight", ""),
+                   (".lora.down.weight", ".lora.up.weight", ""),
+                   (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight", ""),
+                   ("_lora.down.weight", "_lora.up.weight", "_lora"))
+# kohya's SDXL files name UNet layers by the original (sgm) UNet's blocks
+SGM_BLOCKS = ("input_blocks_", "middle_block_", "output_blocks_")
 # the attention-processor LoRA names and the layers they adapt (UNet, CLIP text encoder)
 PROCESSOR_LAYERS = {"unet": {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v",
                              "to_out_lora": "to_out.0"},
@@ -187,10 +193,10 @@ def diffusers_layers(tensors: dict[str, torch.Tensor], alphas: dict, path: Path
         up_key = stem + pair[1]
         if up_key not in tensors:
             raise ModelLoadError(f"{path} has {key} without its {pair[1].lstrip('.')} tensor.")
-        component, name = split_component(stem)
-        alpha_key = f"{stem}.alpha"
+        component, name = split_component(stem + pair[2])
+        alpha_key = next((k for k in (f"{stem}.alpha", f"{key}.alpha") if k in tensors), None)
         down = tensors[key]
-        if alpha_key in tensors:
+        if alpha_key is not None:
             scale = lora_scale(float(tensors[alpha_key]), down.shape[0])
             used.add(alpha_key)
         else:
@@ -204,6 +210,34 @@ def diffusers_layers(tensors: dict[str, torch.Tensor], alphas: dict, path: Path
         raise ModelLoadError(f"{path} has tensors that are not LoRA layers (such as "
                              f"{unknown[0]!r}).")
     return layers
+
+
+def sgm_to_diffusers(layers: list[LoraLayer], unet_config, path: Path) -> list[LoraLayer]:
+    """kohya SDXL layers named by the sgm UNet's blocks (lora_unet_input_blocks_4_1_...)
+    renamed to the diffusers UNet's modules with diffusers' own block mapping (its public
+    lora_state_dict); the other layers pass unchanged."""
+    from diffusers import StableDiffusionXLPipeline
+
+    sgm = [layer for layer in layers if layer.flat and layer.component == "unet"
+           and layer.module.startswith(SGM_BLOCKS)]
+    if not sgm:
+        return layers
+    tensors = {}
+    for layer in sgm:
+        name = f"lora_unet_{layer.module}"
+        tensors[f"{name}.lora_down.weight"] = layer.down
+        tensors[f"{name}.lora_up.weight"] = layer.up
+        tensors[f"{name}.alpha"] = torch.tensor(layer.scale * layer.down.shape[0])
+    try:
+        converted, alphas = StableDiffusionXLPipeline.lora_state_dict(tensors,
+                                                                      unet_config=unet_config)
+    except (ValueError, KeyError, IndexError) as error:
+        raise ModelLoadError(f"The LoRA {path.name} names UNet blocks this model does not have "
+                             "(it was made for another architecture).") from error
+    converted.update({key: torch.tensor(value) for key, value in (alphas or {}).items()})
+    renamed = diffusers_layers(converted, {}, path)
+    sgm_ids = {id(layer) for layer in sgm}
+    return [layer for layer in layers if id(layer) not in sgm_ids] + renamed
 
 
 def write_lora_file(path: str | Path, layers: dict[tuple[str, str], tuple[torch.Tensor,

@@ -226,3 +226,38 @@ def test_an_sd1_lora_on_sdxl_is_refused(tmp_path, components):
     path = write_peft(tmp_path / "sd1.safetensors", random_layers(components), 1.0)
     with pytest.raises(ModelLoadError, match="another architecture"):
         sdxl.set_loras([LoraChoice(str(path), 1.0)])
+
+
+# kohya's SDXL names (the original sgm UNet's blocks) of some tiny SDXL UNet layers: one
+# ResNet block and one attention block per level, so input_blocks 1 = down_blocks.0's
+# ResNet, 2 = its downsampler, 3 = down_blocks.1; output_blocks 0-1 = up_blocks.0
+SGM_NAMES = {"input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+             "input_blocks_3_1_transformer_blocks_0_attn1_to_q":
+                 "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+             "middle_block_1_proj_in": "mid_block.attentions.0.proj_in",
+             "output_blocks_1_1_transformer_blocks_1_attn2_to_k":
+                 "up_blocks.0.attentions.1.transformer_blocks.1.attn2.to_k"}
+
+
+def test_kohya_sdxl_block_names_reach_the_diffusers_layers(tmp_path):
+    from safetensors.torch import save_file
+
+    sdxl = TorchBackend.load(str(build_tiny_pipeline(tmp_path / "sdxl", family="sdxl")), "cpu")
+    unet = sdxl.parts.unet
+    generator = torch.Generator().manual_seed(3)
+    tensors, layers = {}, {}
+    for sgm, module in SGM_NAMES.items():
+        weight = unet.get_submodule(module).weight
+        down = torch.randn((2, *weight.shape[1:]), generator=generator)
+        up = torch.randn((weight.shape[0], 2, *([1, 1] if weight.dim() == 4 else [])),
+                         generator=generator)
+        tensors |= {f"lora_unet_{sgm}.lora_down.weight": down,
+                    f"lora_unet_{sgm}.lora_up.weight": up,
+                    f"lora_unet_{sgm}.alpha": torch.tensor(1.0)}
+        layers[("unet", module)] = (down, up)
+    path = tmp_path / "sdxl_sgm.safetensors"
+    save_file(tensors, str(path))
+    expected = merged_by_hand({"unet": unet}, [(layers, 1.0, 0.9)])
+    sdxl.set_loras([LoraChoice(str(path), 0.9)])
+    for (_, module), weight in expected.items():
+        torch.testing.assert_close(unet.get_submodule(module).weight, weight, rtol=0, atol=1e-6)
