@@ -18,11 +18,12 @@ from engine.service import GenerationService
 GeneratorLoader = Callable[[str | None, str, str], object]
 
 
-def default_loader(model: str | None, backend: str, device: str = "auto"):
-    """engine.service.load_generator, imported lazily (it pulls in torch)."""
+def default_loader(model: str | None, backend: str, device: str = "auto", **control):
+    """engine.service.load_generator, imported lazily (it pulls in torch); control: its
+    control and control_type arguments."""
     from engine.service import load_generator
 
-    return load_generator(model, backend, device)
+    return load_generator(model, backend, device, **control)
 
 
 def error_text(error: BaseException) -> str:
@@ -61,6 +62,7 @@ class LiveEngine(QObject):
         self.loras: list[LoraChoice] = []  # what the user chose (re-applied to a new model)
         self.applied_loras: tuple[LoraChoice, ...] = ()  # what the model runs with now
         self.decoder = ""  # the fast decoder folder chosen, "" for the model's VAE
+        self.control_info: tuple[str, str] | None = None
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
         self._job_done_on_worker.connect(self._on_job_done, Qt.ConnectionType.QueuedConnection)
 
@@ -98,6 +100,8 @@ class LiveEngine(QObject):
             self.set_loras(self.loras)
         if self.decoder:
             self.set_decoder(self.decoder)
+        # (folder, type) of the control model that steers sketches; None without one.
+        self.control_info = getattr(generator, "control_info", None)
         self.generator_changed.emit(description)
 
     # -- LoRAs and the fast decoder (run by the service between frames) ------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.adapters_panel import AdaptersPanel
 from app.bridge import GeneratorLoader, LiveEngine, ModelLoadJob, default_loader
+from app.control_panel import ControlPicker, control_name
 from app.distill_panel import DistillPanel
 from app.model_picker import ModelSourcePicker
 from app.settings import AppSettings
@@ -87,6 +89,8 @@ class ModelPanel(QGroupBox):
         form = QFormLayout(self)
         form.addRow("Model", self.picker)
         form.addRow("Backend", row)
+        self.control_picker = ControlPicker(settings.control_model, settings.control_type)
+        form.addRow("Control", self.control_picker)
         form.addRow("State", self.state_label)
         self.load_button.clicked.connect(self.load_selected)
         self._jobs: list[ModelLoadJob] = []
@@ -125,14 +129,21 @@ class ModelPanel(QGroupBox):
         self.settings.model_source, self.settings.model = source, value if source != "embedded" \
             else ""
         self.settings.backend = self.backend
+        self.settings.control_model = self.control_picker.folder
+        self.settings.control_type = self.control_picker.control_type
         self.load(model, f"{name} ({self.backend})")
 
     def load(self, model: str, description: str) -> None:
-        """Start a background load; the newest load wins if several overlap."""
+        """Start a background load, with the chosen control model; the newest load wins if
+        several overlap."""
         backend = self.backend
         if backend == "auto" and (self.engine.loras or self.engine.decoder):
             backend = "torch"  # LoRAs and a fast decoder run on PyTorch
-        job = ModelLoadJob(model, backend, description, self._loader, self)
+        loader, control = self._loader, self.control_picker.loader_options()
+        if control:
+            loader = partial(loader, **control)
+            description = f"{description} + {control_name(control['control'])}"
+        job = ModelLoadJob(model, backend, description, loader, self)
         job.loaded.connect(lambda generator, text, job=job: self._on_loaded(job, generator, text))
         job.failed.connect(lambda message, job=job: self._on_failed(job, message))
         job.finished.connect(lambda job=job: self._on_job_finished(job))

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 from app.bridge import LiveEngine
 from app.canvas import Canvas, array_to_qimage, save_image_atomic, sketch_layer_from_white
 from app.compare_panel import ComparePanel
+from app.control_panel import ControlSliders
 from app.history import HistoryEntry, HistoryStrip
 from app.meter import FrameRate, format_meter
 from app.settings import AppSettings, history_folder
@@ -109,6 +110,8 @@ class LiveTab(QWidget):
                                         "In sketch mode it applies to models without sketch "
                                         "conditioning, which edit the sketch instead.")
         self.strength_label = QLabel("0.60")
+        self.control_sliders = ControlSliders()  # shown while a control model is loaded
+        self.control_sliders.setVisible(False)
         self.masked_box = QCheckBox("Painted area only")
         self.masked_box.setToolTip("Image edit: redraw only where you painted over the image "
                                    "(and a margin around it); keep the rest of it exactly. At "
@@ -243,6 +246,9 @@ class LiveTab(QWidget):
                        self.seed_lock, self.randomise_button, self.variations_button):
             options.addWidget(widget)
         options.addStretch(1)
+        control_row = QHBoxLayout()
+        control_row.addWidget(self.control_sliders)
+        control_row.addStretch(1)
         tools = QHBoxLayout()
         for widget in (self.brush_button, self.eraser_button, self.colour_button, self.size_spin,
                        self.clear_button, self.undo_button, self.redo_button,
@@ -269,6 +275,7 @@ class LiveTab(QWidget):
         prompt_row.addWidget(self.surprise_button)
         layout.addLayout(prompt_row)
         layout.addLayout(options)
+        layout.addLayout(control_row)
         layout.addLayout(tools)
         layout.addLayout(middle, 1)
         layout.addLayout(history_row)
@@ -281,6 +288,7 @@ class LiveTab(QWidget):
         self.mode_combo.currentIndexChanged.connect(self.submit_current)
         self.strength_slider.valueChanged.connect(self._on_strength_changed)
         self.masked_box.toggled.connect(self._on_masked_toggled)
+        self.control_sliders.changed.connect(self._on_control_changed)
         self.steps_combo.currentIndexChanged.connect(self.submit_current)
         self.steps_combo.currentIndexChanged.connect(self._on_steps_changed)
         self.preview_combo.currentIndexChanged.connect(self.submit_current)
@@ -331,18 +339,36 @@ class LiveTab(QWidget):
             self.seed_spin.blockSignals(False)
         mode, steps = self.mode, int(self.steps_combo.currentData())
         preview = self.preview_combo.currentData()
+        control = self.control_request_fields(mode)
         return GenerateRequest(
             prompt=self.prompt_edit.text(),
             seed=self.seed_spin.value(),
             steps=steps,
             preview_steps=1 if preview != "off" and steps > 1 else 0,
             preview_above_ms=DIRECT_FRAME_MS if preview == "auto" else 0.0,
-            sketch=self.canvas.sketch_on_white() if mode == "sketch" else None,
+            sketch=self.canvas.sketch_on_white() if mode == "sketch" and not control
+            else None,
             init_image=self.canvas.edit_source() if mode == "edit" else None,
             mask=self.canvas.edit_mask() if mode == "edit" and self.masked_box.isChecked()
             else None,
-            strength=self.strength_slider.value() / 100 if mode != "text" else 1.0,
+            strength=self.strength_slider.value() / 100 if mode == "edit" or
+            mode == "sketch" and not control else 1.0,
+            **control,
         )
+
+    def control_request_fields(self, mode: str) -> dict:
+        """With a control model loaded: its image (Sketch: the strokes; Image edit: the
+        opened image with the strokes, or for a scribble or line-art model the strokes
+        alone), strength, start and end; {} without one or in Text mode."""
+        if self.engine.control_info is None or mode == "text":
+            return {}
+        strength, start, end = self.control_sliders.values()
+        if mode == "edit" and self.engine.control_info[1] == "canny":
+            image = self.canvas.edit_source()
+        else:
+            image = self.canvas.sketch_on_white()
+        return {"control_image": image, "control_strength": strength, "control_start": start,
+                "control_end": end}
 
     def submit_current(self) -> None:
         self.submit_request(self.build_request())
@@ -423,6 +449,7 @@ class LiveTab(QWidget):
     def _on_generator_changed(self, description: str) -> None:
         self.show_model_missing(False)
         self.suggestions.setStringList(self.engine.prompt_suggestions)
+        self.control_sliders.setVisible(self.engine.control_info is not None)
         self.surprise_button.setEnabled(bool(self.engine.prompt_suggestions))
         index = self.steps_combo.findData(self.engine.default_steps)
         if index >= 0:
@@ -449,6 +476,10 @@ class LiveTab(QWidget):
         self.masked_box.setEnabled(self.mode == "edit")
         self.canvas.show_mask = self.mode == "edit" and self.masked_box.isChecked()
         self.canvas.update()
+
+    def _on_control_changed(self) -> None:
+        if self.mode != "text":
+            self.submit_current()
 
     def _on_steps_changed(self) -> None:
         self.preview_combo.setEnabled(int(self.steps_combo.currentData()) > 1)
@@ -512,8 +543,10 @@ class LiveTab(QWidget):
         request = result.request
         if result.preview:  # the service drew it at the request's preview step count
             request = replace(request, steps=request.preview_steps, preview_steps=0)
+        control_model, control_type = self.engine.control_info or ("", "")
         return Recipe.from_request(request, self.engine.description, result.backend,
-                                   loras=result.loras, decoder=result.decoder)
+                                   control_model, control_type, loras=result.loras,
+                                   decoder=result.decoder)
 
     def edit_image(self, image: QImage, name: str) -> bool:
         """Make an image the one Image edit mode paints over and edits."""
@@ -600,8 +633,11 @@ class LiveTab(QWidget):
             self.strength_slider.setValue(round(recipe.strength * 100))
             self.strength_label.setText(f"{recipe.strength:.2f}")
             self.set_mode(recipe.mode)
-            if recipe.mode == "sketch" and recipe.sketch is not None:
-                self.canvas.replace_sketch(sketch_layer_from_white(recipe.sketch), "Restore")
+            self.control_sliders.set_values(recipe.control_strength, recipe.control_start,
+                                            recipe.control_end)
+            drawing = recipe.sketch if recipe.sketch is not None else recipe.control_image
+            if recipe.mode == "sketch" and drawing is not None:
+                self.canvas.replace_sketch(sketch_layer_from_white(drawing), "Restore")
             elif recipe.mode == "edit" and recipe.init_image is not None:
                 self.canvas.set_base_image(array_to_qimage(recipe.init_image))
                 self.canvas.replace_sketch(self.canvas.blank_sketch(), "Restore", recipe.mask)

@@ -56,6 +56,8 @@ class AppSettings:
     model_source: str = "embedded"  # "embedded", "folder" or "hub"
     model: str = ""  # folder path or hub id ("" with model_source=embedded)
     backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch", "onnx", "onnx-int8"
+    control_model: str = ""  # a ControlNet / T2I-Adapter folder loaded with the model ("": none)
+    control_type: str = "auto"  # its preprocessing: "auto", "scribble", "lineart" or "canny"
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     smooth_display: bool = True  # canvas: smooth scaling of the frame (False: square pixels)
     masked_edit: bool = False  # image edit: redraw only the painted area

@@ -72,8 +72,11 @@ class ImageGenerator(Protocol):
     def generate(self, request: GenerateRequest, interrupt: Callable[[], bool] | None = None): ...
 
 
-def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto"):
-    """Load a model folder (default: the embedded student) on a backend, warmed up."""
+def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto",
+                   control: str | None = None, control_type: str | None = None):
+    """Load a model folder (default: the embedded student) on a backend, warmed up; control:
+    a ControlNet or T2I-Adapter folder to load with it (control_type: its preprocessing,
+    default: the folder's control.json or name), which runs the model on PyTorch."""
     from engine.pipeline.generator import Generator
     from engine.runtime import create_backend
     from engine.runtime.loading import default_model
@@ -81,9 +84,14 @@ def load_generator(model: str | None = None, backend: str = "torch", device: str
     model = model or default_model()
     if model is None:
         raise EngineError("No model given and no embedded model is installed in assets/models.")
-    runtime = create_backend(model, backend, device)
+    runtime = create_backend(model, backend, device, control=bool(control))
+    control_model = None
+    if control:
+        from engine.runtime.control import load_control
+
+        control_model = load_control(control, runtime, control_type)
     runtime.warm_up()
-    return Generator(runtime)
+    return Generator(runtime, control=control_model)
 
 
 class GenerationService:

@@ -215,6 +215,11 @@ class Generator:
         return self._prompt_suggestions
 
     @property
+    def control_info(self) -> tuple[str, str] | None:
+        """(folder, preprocessing type) of the loaded control model; None without one."""
+        return None if self.control is None else (self.control.name, self.control.control_type)
+
+    @property
     def is_student(self) -> bool:
         return bool(self.backend.student_config)
 
