@@ -274,10 +274,50 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
+def control_variants(folder: Path, device: str, repeats: int, control_type: str) -> list[dict]:
+    """The one-step frame with a random ControlNet of the arch's shapes (control image cached,
+    as while the prompt changes): eager, then with the live path's CUDA graphs."""
+    from engine.bench.control import bench_drawing
+    from engine.pipeline.generator import Generator
+    from engine.pipeline.tiny_control import build_controlnet_like
+    from engine.runtime.control import load_control
+    from engine.runtime.torch_backend import TorchBackend
+
+    results = []
+    for graphs in (False, True) if device.startswith("cuda") else (False,):
+        name = f"torch {'live path' if graphs else 'eager'} + {control_type} ControlNet"
+        try:
+            backend = TorchBackend.load(str(folder), device, cuda_graphs=graphs)
+            control_dir = folder.parent / "controlnet"
+            if not control_dir.is_dir():
+                build_controlnet_like(backend.parts.unet, backend.latent_channels, control_dir,
+                                      control_type=control_type)
+            generator = Generator(backend, control=load_control(control_dir, backend))
+            backend.warm_up()
+            request = GenerateRequest(PROMPT, steps=1,
+                                      control_image=bench_drawing(backend.image_size))
+
+            def generate(generator=generator, request=request) -> None:
+                generator.text_cache.entries.clear()  # as the plain variants: text encoded,
+                generator.first_step_cache.entries.clear()  # the control image cached
+                generator.generate(request)
+
+            note = "control image embedded once; CUDA graphs for: " + (
+                ", ".join(backend.graphed_stages()) or "none") if graphs else \
+                "control image embedded once"
+            results.append(variant(name, generate, repeats, note))
+        except Exception as error:  # noqa: BLE001 - report, keep measuring the others
+            results.append(failed(name, error))
+        generator = backend = None
+        release()
+    return results
+
+
 def bench_arch(arch: str, device: str = "auto", repeats: int = 20, force: bool = False,
                compile_mode: str = "default", backends: tuple[str, ...] = ("torch", "onnx"),
-               work_dir: str | None = None) -> dict:
-    """Build the random-weight arch in a temporary folder and measure every variant."""
+               work_dir: str | None = None, control: str | None = None) -> dict:
+    """Build the random-weight arch in a temporary folder and measure every variant; control
+    (scribble, lineart, canny): also the frame with a random ControlNet of its shapes."""
     if arch not in ARCHES:
         raise EngineError(f"Unknown --arch {arch!r}; choose one of {', '.join(ARCHES)}.")
     if compile_mode not in COMPILE_MODES:
@@ -289,6 +329,8 @@ def bench_arch(arch: str, device: str = "auto", repeats: int = 20, force: bool =
         variants = []
         if "torch" in backends:
             variants += torch_variants(folder, device, repeats, compile_mode)
+        if control and "torch" in backends:
+            variants += control_variants(folder, device, repeats, control)
         if "onnx" in backends:
             variants += onnx_variants(folder, device, repeats)
         image_size = json.loads((folder / "model_index.json").read_text())["image_size"]

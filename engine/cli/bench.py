@@ -50,6 +50,15 @@ def add_parser(subparsers) -> None:
                         help="with --backend all: run the backends in one process, alternating "
                              "their calls for --repeats rounds, and report medians and ratios "
                              "(fair comparisons on a host whose speed drifts)")
+    parser.add_argument("--control", default=None, metavar="MODEL|tiny|TYPE",
+                        help="measure a control model's cost per frame on --model (PyTorch): a "
+                             "ControlNet or T2I-Adapter folder, or tiny (a random ControlNet "
+                             "shaped for the model's UNet); with --arch sd15: scribble, lineart "
+                             "or canny adds the SD-1.5-shaped frame with a random ControlNet")
+    parser.add_argument("--control-type", default=None,
+                        choices=("scribble", "lineart", "canny"),
+                        help="with --control: the control image's preprocessing (default: the "
+                             "control model's control.json, else its folder's name)")
     parser.add_argument("--force", action="store_true",
                         help="with --arch sd15: run on CPU anyway (slow)")
     parser.set_defaults(run=run)
@@ -82,8 +91,11 @@ def run(args) -> int:
         from engine.bench.gpu import bench_arch
         from engine.bench.report import gpu_report
 
+        if args.control not in (None, "scribble", "lineart", "canny"):
+            raise EngineError("With --arch, --control is the control type to measure: "
+                              "scribble, lineart or canny.")
         report = bench_arch(args.arch, args.device, args.repeats, args.force, args.compile,
-                            tuple(backends))
+                            tuple(backends), control=args.control)
         print(json.dumps(report) if args.json else gpu_report(report))
         return 0
     from engine.bench.report import live_report
@@ -94,6 +106,16 @@ def run(args) -> int:
     if model is None:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
+    if args.control:
+        from engine.bench.control import bench_control, control_report
+
+        if args.backend not in ("torch", "all"):
+            raise EngineError("Control models run on PyTorch; use --backend torch with "
+                              "--control.")
+        report = bench_control(str(model), args.control, args.device, args.repeats,
+                               args.threads, args.control_type)
+        print(json.dumps(report) if args.json else control_report(report))
+        return 0
     if args.interleave:
         from engine.bench.interleave import interleaved_bench, interleaved_report
 

@@ -34,11 +34,7 @@ def build_tiny_controlnet(folder: str | Path, *, control_type: str | None = "scr
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=8,
         conditioning_embedding_out_channels=(8, 8, 8, 16), **options,
     )
-    with torch.no_grad():
-        for zero_conv in [*network.controlnet_down_blocks, network.controlnet_mid_block,
-                          network.controlnet_cond_embedding.conv_out]:
-            for parameter in zero_conv.parameters():
-                parameter.normal_(0.0, 0.3)
+    randomize_zero_convolutions(network)
     network.save_pretrained(folder)
     write_control_type(folder, control_type)
     return folder
@@ -58,3 +54,35 @@ def build_tiny_adapter(folder: str | Path, *, control_type: str | None = "scribb
     network.save_pretrained(folder)
     write_control_type(folder, control_type)
     return folder
+
+
+def build_controlnet_like(unet, latent_channels: int, folder: str | Path, *,
+                          control_type: str | None = "scribble", seed: int = 0) -> Path:
+    """A random ControlNet of the shape a ControlNet for this UNet has (its down blocks,
+    widths and text width; a latent-only input), for benchmarks: random zero convolutions
+    too, so that its residuals reach the UNet as real ones do."""
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    config = {name: value for name, value in unet.config.items()
+              if name in accepted and name not in ("self", "conditioning_channels")}
+    config["in_channels"] = latent_channels
+    network = ControlNetModel(**config).to(next(unet.parameters()).dtype)
+    randomize_zero_convolutions(network)
+    network.save_pretrained(folder)
+    write_control_type(folder, control_type)
+    return folder
+
+
+def randomize_zero_convolutions(network) -> None:
+    """Random weights for a ControlNet's zero-initialised layers (its outputs and the control
+    image embedding's last layer), so that an untrained one already steers the frame."""
+    with torch.no_grad():
+        for zero_conv in [*network.controlnet_down_blocks, network.controlnet_mid_block,
+                          network.controlnet_cond_embedding.conv_out]:
+            for parameter in zero_conv.parameters():
+                parameter.normal_(0.0, 0.3)

@@ -196,3 +196,26 @@ def test_bad_control_flags_exit_2_with_one_sentence(tiny_student_dir, controlnet
                             tmp_path / "o.png")
     assert_clean_error(subprocess.CompletedProcess(result.args, result.returncode, result.stdout,
                                                    result.stderr), fragment)
+
+
+def test_bench_control_measures_the_branch_and_reuses_the_embedding(tiny_student_dir,
+                                                                    one_thread):
+    from engine.bench.control import bench_control, control_report
+
+    report = bench_control(str(tiny_student_dir), "tiny", "cpu", repeats=3)
+    assert report["kind"] == "controlnet" and report["backend"] == "torch"
+    for key in ("control_embed_ms", "control_branch_ms", "frame_ms", "frame_control_ms",
+                "frame_control_stroke_ms"):
+        assert report[key] > 0
+    # the unchanged sketch misses once (warm-up), then hits; each stroke frame (4) misses
+    assert (report["control_cache_hits"], report["control_cache_misses"]) == (3, 5)
+    assert "control branch, one UNet call" in control_report(report)
+
+
+def test_the_arch_bench_adds_the_controlnet_frame(one_thread):
+    from engine.bench.gpu import bench_arch
+
+    report = bench_arch("tiny-sd", "cpu", repeats=2, compile_mode="none", backends=("torch",),
+                        control="scribble")
+    names = {variant["variant"]: variant for variant in report["variants"]}
+    assert names["torch eager + scribble ControlNet"]["fps"] > 0
