@@ -84,7 +84,7 @@ def test_the_engine_tab_loads_the_chosen_control_model_with_the_model(qtbot, mak
     qtbot.waitUntil(lambda: len(calls) == 2 and not panel.loading, timeout=10_000)
     assert calls[-1] == {"control": str(tmp_path / "scribble-net"), "control_type": "lineart"}
     assert window.settings.control_model == str(tmp_path / "scribble-net")
-    assert "scribble-net" in window.engine.description
+    qtbot.waitUntil(lambda: "scribble-net" in window.engine.description, timeout=10_000)
 
 
 def test_start_never_passes_end_on_the_sliders(qtbot):
