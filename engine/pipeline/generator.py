@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from engine.diffusion.sampling import (
     teacher_start,
 )
 from engine.diffusion.schedule import ddim_timesteps, student_timesteps, timestep_tensor
+from engine.pipeline.control import ControlPlan, controlled_unet
 from engine.pipeline.control_image import control_map, control_tensor
 from engine.pipeline.masking import composite, keep_outside, mask_weights
 from engine.runtime.loading import read_prompt_suggestions
@@ -112,28 +113,6 @@ def interruptible(x0_fn, interrupt: Callable[[], bool] | None):
         return x0_fn(x_t, t)
 
     return checked
-
-
-@dataclass(frozen=True)
-class ControlPlan:
-    """A request's control for one frame: the control model's embedded control image, the
-    image's key, and strength, start and end (fractions of the denoising schedule)."""
-
-    embedded: tuple[torch.Tensor, ...]
-    image_key: tuple
-    strength: float
-    start: float
-    end: float
-
-    @property
-    def cache_key(self) -> tuple:
-        return (self.image_key, self.strength, self.start, self.end)
-
-    def acts_at(self, t: int, num_train_timesteps: int) -> bool:
-        """Whether control acts at timestep t: its place in the schedule, 0 at the noisiest
-        step (t = T - 1), is in [start, end); a student's n evenly spaced steps sit at i/n."""
-        place = (num_train_timesteps - 1 - t) / num_train_timesteps
-        return self.start <= place < self.end
 
 
 class Generator:
@@ -292,26 +271,11 @@ class Generator:
         return ControlPlan(embedded, key, float(request.control_strength),
                            float(request.control_start), float(request.control_end))
 
-    def unet_function(self, control: ControlPlan | None):
-        """backend.unet, with the control model's residuals at the timesteps control acts on."""
-        backend, control_model = self.backend, self.control
-        if control is None:
-            return backend.unet
-        top = self.schedule.num_train_timesteps
-
-        def controlled(x_in, t_in, text, conditioning):
-            if not control.acts_at(int(t_in[0]), top):
-                return backend.unet(x_in, t_in, text, conditioning)
-            residuals = control_model.residuals(control.embedded, x_in, t_in, text.token_states,
-                                                text.pooled, control.strength)
-            return backend.unet(x_in, t_in, text, conditioning, control=residuals)
-
-        return controlled
-
     def x0_function(self, text: TextEmbedding, conditioning, uncond: TextEmbedding | None = None,
                     guidance: float = 1.0, control: ControlPlan | None = None):
         """Denoiser returning x0; with uncond, classifier-free guidance (Ho & Salimans 2022)."""
-        schedule, unet = self.schedule, self.unet_function(control)
+        schedule = self.schedule
+        unet = controlled_unet(self.backend, self.control, control)
         both = None if uncond is None else TextEmbedding.cat([uncond, text])
         cond_in = None if conditioning is None else torch.cat([conditioning, conditioning])
 

@@ -219,3 +219,32 @@ def test_the_arch_bench_adds_the_controlnet_frame(one_thread):
                         control="scribble")
     names = {variant["variant"]: variant for variant in report["variants"]}
     assert names["torch eager + scribble ControlNet"]["fps"] > 0
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "adapter"])
+def test_the_control_path_draws_the_same_frames_through_graphed_calls(
+        kind, tiny_student_dir, controlnet_dir, adapter_dir, one_thread):
+    """The UNet with control residuals and the ControlNet branch through GraphedCall (a
+    capture with graph semantics stands in for CUDA's on a CPU): identical frames."""
+    from engine.pipeline.generator import Generator
+    from engine.runtime.control import load_control
+    from engine.runtime.cuda_graphs import GraphedCall
+    from engine.runtime.torch_backend import TorchBackend
+    from tests.engine.test_cuda_graphs import Counting
+
+    folder = controlnet_dir if kind == "controlnet" else adapter_dir
+    plain = TorchBackend.load(str(tiny_student_dir), "cpu")
+    eager = Generator(plain, control=load_control(folder, plain))
+    staged = TorchBackend(plain.parts, "cpu")
+    captures = Counting()
+    staged._controlled_unet_calls = {
+        intrablock: GraphedCall(call, f"controlled {intrablock}", capture=captures)
+        for intrablock, call in staged._controlled_unet_calls.items()}
+    control = load_control(folder, staged)
+    control._branch = GraphedCall(control._branch, "the control branch", capture=captures)
+    graphed = Generator(staged, control=control)
+    for prompt, row in (("red apple", 10), ("blue car", 10), ("red apple", 20)):
+        request = GenerateRequest(prompt, control_image=drawing(row))
+        assert max_difference(graphed.generate(request)[0], eager.generate(request)[0]) == 0
+    assert captures.calls == (2 if kind == "controlnet" else 1)  # captured once, replayed
+    assert len(staged.graphed_stages()) == 2
