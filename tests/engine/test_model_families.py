@@ -36,14 +36,17 @@ def diffusers_sdxl_pipeline(parts):
 
 def test_the_tiny_families_have_their_architecture(sd2_dir, sdxl_dir):
     sd2_unet = json.loads((sd2_dir / "unet" / "config.json").read_text())
-    assert sd2_unet["use_linear_projection"] and sd2_unet["attention_head_dim"] == [2, 4]
+    assert sd2_unet["use_linear_projection"] and sd2_unet["attention_head_dim"] == [1, 2]
     assert json.loads((sd2_dir / "scheduler" / "scheduler_config.json").read_text())[
         "prediction_type"] == "v_prediction"
-    assert json.loads((sd2_dir / "tokenizer" / "tokenizer_config.json").read_text())[
-        "pad_token"] == "!"
+    from transformers import CLIPTokenizer
+
+    assert CLIPTokenizer.from_pretrained(str(sd2_dir / "tokenizer")).pad_token == "!"
+    assert CLIPTokenizer.from_pretrained(str(sdxl_dir / "tokenizer")).pad_token == "<|endoftext|>"
+    assert CLIPTokenizer.from_pretrained(str(sdxl_dir / "tokenizer_2")).pad_token == "!"
     sdxl_unet = json.loads((sdxl_dir / "unet" / "config.json").read_text())
     assert sdxl_unet["addition_embed_type"] == "text_time"
-    assert sdxl_unet["cross_attention_dim"] == 64  # 32 + 32: both encoders' states
+    assert sdxl_unet["cross_attention_dim"] == 128  # 64 + 64: both encoders' states
     assert (sdxl_dir / "text_encoder_2").is_dir() and (sdxl_dir / "tokenizer_2").is_dir()
     with pytest.raises(ValueError, match="Unknown family"):
         build_tiny_pipeline(sdxl_dir.parent / "x", family="sd3")
@@ -62,7 +65,7 @@ def test_sdxl_text_conditioning_matches_diffusers(sdxl_dir):
     assert torch.equal(empty.token_states, negative) and not empty.token_states.any()
     assert torch.equal(empty.pooled, negative_pooled)
     time_ids = pipe._get_add_time_ids((32, 32), (0, 0), (32, 32), dtype=torch.float32,
-                                      text_encoder_projection_dim=32)
+                                      text_encoder_projection_dim=64)
     assert torch.equal(parts.time_ids, time_ids)
 
 
