@@ -71,9 +71,12 @@ def onnx_unsupported_reason(model: str, options: ModelOptions | None = None) -> 
     """Why the ONNX export cannot run this model as asked (an SDXL-family model, a replaced
     UNet or other load options), or None when it can."""
     from engine.runtime.loading import resolve_model_dir
+    from engine.runtime.single_file import is_checkpoint_file
 
     if options is not None and options.changes_model:
         return "The ONNX export covers a model as its folder stores it, without load options"
+    if is_checkpoint_file(model):
+        return "The ONNX export needs a model folder, not a single-file checkpoint"
     folder = resolve_model_dir(model)
     if (folder / "text_encoder_2").is_dir():
         return "The ONNX export does not cover SDXL's second text encoder and size conditioning"

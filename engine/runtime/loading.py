@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.api import ModelLoadError, ModelOptions, os_error_message
-from engine.diffusion.schedule import NoiseSchedule
+from engine.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule
 from engine.paths import ASSETS_ROOT
 from engine.runtime.text import TextEncoder, load_text_encoder
 from engine.untrusted import read_json_file
@@ -39,6 +39,7 @@ class PipelineParts:
     latent_channels: int
     student_config: dict = field(default_factory=dict)  # student.json ({} for a teacher)
     time_ids: torch.Tensor | None = None  # (1, 6) SDXL size/crop conditioning, on the device
+    family: str = ""  # "SD 1.x", "SD 2.x" or "SDXL" when known (single-file checkpoints)
 
     @property
     def conditioning_channels(self) -> int:
@@ -85,7 +86,8 @@ def resolve_model_dir(model: str) -> Path:
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(f"{path} is a file; --model needs a model folder.")
+            raise ModelLoadError(f"{path} is neither a model folder nor a .safetensors or .ckpt "
+                                 "checkpoint.")
         return path
     if not HUB_ID_PATTERN.match(model) or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model folder {model} does not exist.")
@@ -161,14 +163,27 @@ def load_pipeline(model: str | Path, device: str = "cpu", dtype: torch.dtype | N
                   unet_dir: Path | None = None, options: ModelOptions | None = None
                   ) -> PipelineParts:
     """Load text encoder, UNet, autoencoder, schedule and student.json of a model folder
-    (SD 1.x/2.x, SDXL, the embedded model), with options (engine.api.ModelOptions) applied."""
+    (SD 1.x/2.x, SDXL, the embedded model) or a single-file checkpoint, with options
+    (engine.api.ModelOptions) applied."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
     options = options or ModelOptions()
-    parts = load_model_folder(model, device, dtype or torch.float32, unet_dir, options.size)
+    if options.prediction and options.prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"Unknown prediction type {options.prediction!r}; use "
+                             f"{' or '.join(PREDICTION_TYPES[:2])}.")
+    from engine.runtime.single_file import is_checkpoint_file, load_single_file
+
+    if is_checkpoint_file(model):
+        parts = load_single_file(model, device, dtype or torch.float32, options.size)
+    else:
+        parts = load_model_folder(model, device, dtype or torch.float32, unet_dir, options.size)
     if options.prediction:
         parts.schedule = replace(parts.schedule, prediction_type=options.prediction)
+    if options.unet or options.student_timesteps:
+        from engine.runtime.unet_file import apply_unet_options
+
+        apply_unet_options(parts, str(model), options, dtype or torch.float32, device)
     return parts
 
 
@@ -207,18 +222,25 @@ def load_folder_text_encoder(model_dir: Path, index: dict, device, dtype):
     return load_text_encoder(text_folder, package, index.get("text_max_length"), device, dtype)
 
 
+def check_fit(unet, vae, text_encoder, source: Path) -> None:
+    """That the UNet from source takes the autoencoder's latents and the text states."""
+    latent_channels = int(vae.config.latent_channels)
+    if unet.config.in_channels < latent_channels:
+        raise ModelLoadError(f"The UNet in {source} takes {unet.config.in_channels} channels, "
+                             f"fewer than the autoencoder's {latent_channels}.")
+    if unet.config.cross_attention_dim != text_encoder.hidden_size:
+        raise ModelLoadError(f"The UNet in {source} expects {unet.config.cross_attention_dim}-d "
+                             f"text states but the text encoder gives "
+                             f"{text_encoder.hidden_size}-d.")
+
+
 def assemble_parts(model_dir: Path, text_encoder, unet, vae, schedule: NoiseSchedule, *,
                    image_size: int, device, student_config: dict) -> PipelineParts:
     """Check that loaded components fit together and put them on device as PipelineParts."""
     from engine.runtime.sdxl import size_time_ids
 
+    check_fit(unet, vae, text_encoder, model_dir)
     latent_channels = int(vae.config.latent_channels)
-    if unet.config.in_channels < latent_channels:
-        raise ModelLoadError(f"The UNet in {model_dir} takes {unet.config.in_channels} channels, "
-                             f"fewer than the autoencoder's {latent_channels}.")
-    if unet.config.cross_attention_dim != text_encoder.hidden_size:
-        raise ModelLoadError(f"The UNet expects {unet.config.cross_attention_dim}-d text states "
-                             f"but the text encoder gives {text_encoder.hidden_size}-d.")
     if image_size % VAE_SCALE or image_size < VAE_SCALE:
         raise ModelLoadError(f"The image size {image_size} is not a multiple of {VAE_SCALE}.")
     unet = unet.to(device).eval().requires_grad_(False)
