@@ -124,6 +124,15 @@ class ModelOptions:
         return any(value is not None for value in (self.unet, self.student_timesteps,
                                                    self.size, self.prediction))
 
+    def cli_flags(self) -> list[str]:
+        """The command-line flags that give these options (for a child process)."""
+        flags = ["--unet", self.unet] if self.unet else []
+        if self.student_timesteps:
+            flags += ["--student-timesteps", ",".join(str(t) for t in self.student_timesteps)]
+        if self.size:
+            flags += ["--size", str(self.size)]
+        return flags + (["--prediction", self.prediction] if self.prediction else [])
+
 
 @dataclass(frozen=True)
 class StageTimings:

@@ -117,3 +117,19 @@ def read_only(monkeypatch):
         return Path(folder)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_family_models(tmp_path_factory):
+    """{family: (diffusers folder, the same model as an original-layout .safetensors file)}
+    for tiny random SD 1.x, SD 2.x (v-prediction) and SDXL models."""
+    from engine.pipeline.tiny import FAMILIES, build_tiny_pipeline
+    from tests.engine.original_layout import write_single_file
+
+    root = tmp_path_factory.mktemp("families")
+    models = {}
+    for family in FAMILIES:
+        folder = build_tiny_pipeline(root / family, family=family)
+        models[family] = (folder, write_single_file(folder, family,
+                                                    root / f"{family}.safetensors"))
+    return models

@@ -51,14 +51,14 @@ def backend_cases(runtime) -> dict[str, Callable[[int], object]]:
 
 
 def interleaved_bench(model: str, backends: list[str], device: str = "auto", rounds: int = 40,
-                      threads: int | None = None) -> dict:
+                      threads: int | None = None, options=None) -> dict:
     """Median ms per case and backend over `rounds` alternating rounds, and each backend's
-    ratio to the first one (below 1: faster)."""
+    ratio to the first one (below 1: faster); options: engine.api.ModelOptions or None."""
     from engine.bench.runner import load_backend
 
     cases, torch_threads = {}, {}
     for name in backends:
-        runtime, _ = load_backend(model, name, device, threads)
+        runtime, _ = load_backend(model, name, device, threads, options)
         runtime.warm_up()
         cases[name] = backend_cases(runtime)
         # each backend sets torch's threads as it loads (onnx: one, for its glue); keep that

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.api import ONNX_BACKENDS, EngineError
+from engine.api import ONNX_BACKENDS, EngineError, ModelOptions
 from engine.bench.keystroke import PROMPT, keystroke_stats
 from engine.bench.stages import find_teacher, stage_ms, student_vs_teacher
 from engine.bench.timing import machine_info, peak_rss_mb
@@ -17,7 +17,8 @@ from engine.service import DIRECT_FRAME_MS
 KEYSTROKE_RATE = 20.0  # keys per second, a fast typist
 
 
-def load_backend(model: str, backend: str, device: str, threads: int | None):
+def load_backend(model: str, backend: str, device: str, threads: int | None,
+                 options: ModelOptions | None = None):
     """create_backend with an explicit thread count; returns (backend, threads in use)."""
     import torch
 
@@ -25,14 +26,15 @@ def load_backend(model: str, backend: str, device: str, threads: int | None):
 
     if threads and backend not in ONNX_BACKENDS:
         torch.set_num_threads(threads)
-    runtime = create_backend(model, backend, device, onnx_threads=threads)
+    runtime = create_backend(model, backend, device, onnx_threads=threads, options=options)
     return runtime, getattr(runtime, "threads", None) or torch.get_num_threads()
 
 
 def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repeats: int = 10,
                   threads: int | None = None, label: str = "", steps: int | None = None,
                   preview_steps: int | None = None,
-                  preview_above_ms: float = DIRECT_FRAME_MS) -> dict:
+                  preview_above_ms: float = DIRECT_FRAME_MS,
+                  options: ModelOptions | None = None) -> dict:
     """Every figure of docs/benchmarks.md for one backend, as one flat JSON-ready dict; the
     typed frames use `steps` student steps (None: the count the student was distilled for),
     previewed at `preview_steps` (None: 1 for multi-step frames) unless expected within
@@ -41,7 +43,7 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
     from engine.pipeline.generator import Generator
 
     start = time.perf_counter()
-    runtime, threads_used = load_backend(model, backend, device, threads)
+    runtime, threads_used = load_backend(model, backend, device, threads, options)
     runtime.warm_up()
     load_s = time.perf_counter() - start
     generator = Generator(runtime)
@@ -85,7 +87,8 @@ def bench_backend(model: str, backend: str = "onnx", device: str = "auto", repea
 
 def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
                         threads: int | None, label: str, steps: int | None,
-                        preview_steps: int | None, preview_above_ms: float) -> dict:
+                        preview_steps: int | None, preview_above_ms: float,
+                        options: ModelOptions | None = None) -> dict:
     """One backend in a fresh interpreter, so that peak_rss_mb is that backend's alone."""
     command = [sys.executable, "-m", "engine", "bench", "--model", model, "--backend", backend,
                "--device", device, "--repeats", str(repeats), "--json",
@@ -98,6 +101,8 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
         command += ["--steps", str(steps)]
     if preview_steps is not None:
         command += ["--preview-steps", str(preview_steps)]
+    if options is not None:
+        command += options.cli_flags()
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         lines = (completed.stderr.strip() or "no output").splitlines()
@@ -108,14 +113,17 @@ def bench_in_subprocess(model: str, backend: str, device: str, repeats: int,
 
 def bench(model: str, backends: list[str], device: str = "auto", repeats: int = 10,
           threads: int | None = None, label: str = "", steps: int | None = None,
-          preview_steps: int | None = None, preview_above_ms: float = DIRECT_FRAME_MS) -> dict:
-    """The report: the fastest backend's keys at the top level, every backend under results."""
+          preview_steps: int | None = None, preview_above_ms: float = DIRECT_FRAME_MS,
+          options: ModelOptions | None = None) -> dict:
+    """The report: the fastest backend's keys at the top level, every backend under results;
+    options: how the model loads (engine.api.ModelOptions)."""
     if len(backends) == 1:
         results = [bench_backend(model, backends[0], device, repeats, threads, label, steps,
-                                 preview_steps, preview_above_ms)]
+                                 preview_steps, preview_above_ms, options)]
     else:
         results = [bench_in_subprocess(model, name, device, repeats, threads, label, steps,
-                                       preview_steps, preview_above_ms) for name in backends]
+                                       preview_steps, preview_above_ms, options)
+                   for name in backends]
     best = min(results, key=lambda item: item["keystroke_p50_ms"])
     summary = {key: value for key, value in best.items() if key != "keystroke"}
     return {**summary, "date": time.strftime("%Y-%m-%d"), "results": results}

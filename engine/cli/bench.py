@@ -6,6 +6,7 @@ import json
 import logging
 
 from engine.api import BACKENDS, EngineError
+from engine.cli.common import add_model_option_arguments, model_options
 from engine.service import DIRECT_FRAME_MS
 
 BACKEND_CHOICES = (*BACKENDS, "all")
@@ -16,7 +17,8 @@ def add_parser(subparsers) -> None:
         "bench", help="Measure the live path: per-stage ms, keystroke-to-frame latency, "
                       "student vs 50-step teacher, peak memory (see docs/benchmarks.md).")
     parser.add_argument("--model", default=None,
-                        help="model folder (default: the embedded student in assets/models)")
+                        help="model folder or single-file checkpoint (default: the embedded "
+                             "student in assets/models)")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="all",
                         help="runtime to measure; all = each in its own process (default)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -61,6 +63,7 @@ def add_parser(subparsers) -> None:
                              "control model's control.json, else its folder's name)")
     parser.add_argument("--force", action="store_true",
                         help="with --arch sd15: run on CPU anyway (slow)")
+    add_model_option_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -103,6 +106,7 @@ def run(args) -> int:
     from engine.runtime.loading import default_model
 
     model = args.model or default_model()
+    options = model_options(args)
     if model is None:
         raise EngineError("No embedded model is installed in assets/models yet; pass --model "
                           "DIR (a model folder).")
@@ -122,11 +126,11 @@ def run(args) -> int:
         if args.backend != "all":
             raise EngineError("--interleave compares backends; use it with --backend all.")
         report = interleaved_bench(str(model), live_backends("all", args.device), args.device,
-                                   args.repeats, args.threads)
+                                   args.repeats, args.threads, options)
         print(json.dumps(report) if args.json else interleaved_report(report))
         return 0
     report = bench(str(model), live_backends(args.backend, args.device), args.device,
                    args.repeats, args.threads, args.label, args.steps, args.preview_steps,
-                   args.preview_above_ms)
+                   args.preview_above_ms, options)
     print(json.dumps(report) if args.json else live_report(report))
     return 0

@@ -7,15 +7,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine.api import BACKENDS, EngineError, LoraChoice, os_error_message
+from engine.api import BACKENDS, EngineError, LoraChoice, ModelOptions, os_error_message
 from engine.runtime.loading import default_model
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model folder, 'embedded-teacher' or a hub id "
-                                        "(default: the shipped embedded student)")
+    parser.add_argument("--model", help="model folder, single-file checkpoint (.safetensors, "
+                                        ".ckpt: SD 1.x, SD 2.x, SDXL), 'embedded-teacher' or a "
+                                        "hub id (default: the shipped embedded student)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="runtime (default torch; onnx-int8: CPU graphs with int8 matrix "
                              "products, the fastest on small CPUs)")
@@ -23,6 +24,41 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda[:N], mps; "
                              "with onnx also tensorrt, directml, coreml, openvino "
                              "(default auto)")
+    add_model_option_arguments(parser)
+
+
+def add_model_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """--unet, --student-timesteps, --size and --prediction (engine.api.ModelOptions)."""
+    parser.add_argument("--unet", metavar="FILE",
+                        help="a UNet-only file (.safetensors, .bin, .ckpt; diffusers or original "
+                             "keys) or unet/ folder that replaces the model's UNet, such as "
+                             "DMD2's SDXL students")
+    parser.add_argument("--student-timesteps", metavar="T[,T...]",
+                        help="the timesteps the student was distilled for: 399 for DMD2's "
+                             "one-step SDXL, 999,749,499,249 for its four-step one (default: "
+                             "student.json beside --unet or in the model folder)")
+    parser.add_argument("--size", type=int, metavar="PIXELS",
+                        help="image size (default: the model's own; a single file: SD 1.x 512, "
+                             "SD 2.x 768, SDXL 1024; SD-Turbo and SDXL-Turbo want 512)")
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"),
+                        help="what the UNet predicts, for a single file whose family default is "
+                             "wrong (SD 2.x files default to v_prediction, SD 2 base and "
+                             "SD-Turbo are epsilon)")
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions | None:
+    """The ModelOptions of the parsed --unet/--student-timesteps/--size/--prediction flags;
+    None when none was given."""
+    given = {name: getattr(args, name, None) for name in
+             ("unet", "student_timesteps", "size", "prediction")}  # absent: not given
+    if given["student_timesteps"]:
+        given["student_timesteps"] = tuple(parse_timesteps(given["student_timesteps"],
+                                                           "--student-timesteps"))
+    size = given["size"]
+    if size is not None and (size < 8 or size % 8):
+        raise EngineError(f"--size {size} must be a positive multiple of 8 (pixels).")
+    options = ModelOptions(**given)
+    return options if options.changes_model else None
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +130,8 @@ def load_cli_generator(args: argparse.Namespace, loras: tuple[LoraChoice, ...] =
 
     control_path = getattr(args, "control", None)
     backend = create_backend(model_or_default(args.model), args.backend, args.device,
-                             control=control_path is not None, loras=loras, decoder=decoder)
+                             control=control_path is not None, loras=loras, decoder=decoder,
+                             options=model_options(args))
     if getattr(backend, "notice", ""):
         print(backend.notice, file=sys.stderr)
     if control_path is None:

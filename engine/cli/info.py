@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.cli.common import model_or_default
+from engine.cli.common import add_model_option_arguments, model_options, model_or_default
 from engine.runtime.loading import read_prompt_suggestions
 
 
@@ -16,6 +16,7 @@ def count_parameters(module) -> int:
 def describe(parts, device: str) -> dict:
     """Components, parameter counts, schedule and conditioning of loaded PipelineParts."""
     schedule = parts.schedule
+    text_models = getattr(parts.text_encoder, "models", (parts.text_encoder.model,))
     return {
         "model_dir": str(parts.model_dir),
         "device": device,
@@ -24,10 +25,12 @@ def describe(parts, device: str) -> dict:
         "latent": [parts.latent_channels, parts.latent_size, parts.latent_size],
         "conditioning_channels": parts.conditioning_channels,
         "pooled_text": parts.uses_pooled_text,
+        "family": parts.family or None,
         "components": {
-            "text_encoder": {"class": type(parts.text_encoder.model).__name__,
-                             "parameters": count_parameters(parts.text_encoder.model),
-                             "max_tokens": parts.text_encoder.max_length},
+            **{name: {"class": type(model).__name__, "parameters": count_parameters(model),
+                      "max_tokens": parts.text_encoder.max_length}
+               for name, model in zip(("text_encoder", "text_encoder_2"), text_models,
+                                      strict=False)},
             "unet": {"class": type(parts.unet).__name__,
                      "parameters": count_parameters(parts.unet)},
             "vae": {"class": type(parts.vae).__name__, "parameters": count_parameters(parts.vae),
@@ -68,10 +71,12 @@ def show_recipe(path, as_json: bool) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show a model's components, sizes and schedule")
-    parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
+    parser.add_argument("--model", help="model folder, single-file checkpoint or hub id "
+                                        "(default: the embedded student)")
     parser.add_argument("--image", help="instead: the recipe saved in this PNG (what made it)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_option_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.image:
         return show_recipe(args.image, args.json)
     device = pick_device(args.device)
-    info = describe(load_pipeline(model_or_default(args.model), device=device), device)
+    parts = load_pipeline(model_or_default(args.model), device=device, options=model_options(args))
+    info = describe(parts, device)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

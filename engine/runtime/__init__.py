@@ -73,10 +73,10 @@ def onnx_unsupported_reason(model: str, options: ModelOptions | None = None) -> 
     from engine.runtime.loading import resolve_model_dir
     from engine.runtime.single_file import is_checkpoint_file
 
-    if options is not None and options.changes_model:
-        return "The ONNX export covers a model as its folder stores it, without load options"
     if is_checkpoint_file(model):
         return "The ONNX export needs a model folder, not a single-file checkpoint"
+    if options is not None and options.changes_model:
+        return "The ONNX export covers a model as its folder stores it, without load options"
     folder = resolve_model_dir(model)
     if (folder / "text_encoder_2").is_dir():
         return "The ONNX export does not cover SDXL's second text encoder and size conditioning"

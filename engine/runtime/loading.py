@@ -199,11 +199,13 @@ def load_model_folder(model: str | Path, device, dtype: torch.dtype, unet_dir: P
     unet = load_component(UNet2DConditionModel, unet_dir or model_dir / "unet", dtype)
     vae = load_autoencoder(model_dir / "vae", dtype)
     student_path = model_dir / "student.json"
-    return assemble_parts(
+    parts = assemble_parts(
         model_dir, load_folder_text_encoder(model_dir, index, device, dtype), unet, vae,
         NoiseSchedule.from_folder(model_dir / "scheduler"),
         image_size=size or int(index.get("image_size") or unet.config.sample_size * VAE_SCALE),
         device=device, student_config=read_json(student_path) if student_path.is_file() else {})
+    parts.family = "SDXL" if (model_dir / "text_encoder_2").is_dir() else ""
+    return parts
 
 
 def load_folder_text_encoder(model_dir: Path, index: dict, device, dtype):

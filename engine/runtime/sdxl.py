@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.api import ModelLoadError
-from engine.runtime.text import TextEmbedding
+from engine.runtime.text import TextEmbedding, quiet_transformers
 
 
 def uses_pooled_text(unet) -> bool:
@@ -126,6 +126,7 @@ def load_dual_text_encoder(model_dir: Path, device, dtype,
     projection) of an SDXL folder."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    quiet_transformers()
     try:
         tokenizers = (CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer")),
                       CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer_2")))

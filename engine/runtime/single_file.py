@@ -24,10 +24,11 @@ from engine.runtime.sd_configs import (
     infer_vae_config,
     sub_state,
 )
+from engine.runtime.text import quiet_transformers
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
-CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # .bin: torch's state dicts (UNet files)
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")  # whole models
 
 
 def is_checkpoint_file(model: str | Path) -> bool:
@@ -37,7 +38,7 @@ def is_checkpoint_file(model: str | Path) -> bool:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file, or of a .ckpt/.pt/.pth read by torch.load with
+    """The tensors of a .safetensors file, or of a .ckpt/.pt/.pth/.bin read by torch.load with
     weights_only=True (a file that needs pickled code is refused, never run)."""
     path = Path(path)
     if not path.is_file():
@@ -86,7 +87,11 @@ def load_into(model_class, config: dict, state: dict, what: str, dtype: torch.dt
     so no random initialisation is spent on weights that are replaced)."""
     with torch.device("meta"):
         model = model_class(**config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:  # tensors of other shapes
+        raise ModelLoadError(f"The {what} in this checkpoint does not fit its layout (tensors "
+                             "of other shapes).") from error
     if missing or unexpected:
         raise ModelLoadError(f"The {what} in this checkpoint does not fit its layout "
                              f"({len(missing)} tensors missing, {len(unexpected)} unexpected).")
@@ -97,6 +102,7 @@ def load_clip(text_state: dict, config: dict, with_projection: bool, dtype: torc
     """A transformers CLIP text model (with projection: SDXL's second) from HF-layout keys."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    quiet_transformers()
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     clip_config = CLIPTextConfig(**config)
     with torch.device("meta"):

@@ -115,15 +115,21 @@ def encode_tokens(model, is_clip: bool, input_ids: torch.Tensor,
     return states, torch.nn.functional.normalize(pooled, dim=-1)
 
 
+def quiet_transformers() -> None:
+    """No progress bars or info logs from transformers while the engine loads models."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
 def load_text_encoder(
     folder: Path | None, package: str | None, max_length: int | None, device, dtype
 ) -> TextEncoder:
     """Load from text_encoder/ + tokenizer/ folders, or from a pip package's model folder."""
-    import transformers
     from transformers import AutoModel, AutoTokenizer
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    quiet_transformers()
     if folder is not None:
         model_dir, tokenizer_dir = folder / "text_encoder", folder / "tokenizer"
     else:

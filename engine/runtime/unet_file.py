@@ -35,18 +35,6 @@ def check_student_timesteps(timesteps, num_train_timesteps: int, source: str) ->
     return [int(t) for t in timesteps]
 
 
-def parse_timesteps(text: str) -> tuple[int, ...]:
-    """"999,749,499,249" -> (999, 749, 499, 249); ValueError with one sentence otherwise."""
-    try:
-        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as error:
-        raise ValueError(f"{text!r} is not a comma-separated list of timesteps such as "
-                         "999,749,499,249.") from error
-    if not values:
-        raise ValueError("Give at least one student timestep, such as 399.")
-    return values
-
-
 def student_json_beside(path: Path) -> dict:
     """The student.json next to a UNet file (or inside a UNet folder, or beside it), {} when
     there is none."""
