@@ -76,12 +76,13 @@ def check_fits(kind: str, config, unet_config, folder: Path) -> None:
             raise ModelLoadError(f"The ControlNet in {folder} expects {width}-d text states but "
                                  f"the model's UNet uses {unet_width}-d; it was made for "
                                  "another base model.")
-        if config.get("addition_embed_type") is not None:
-            raise ModelLoadError(f"The ControlNet in {folder} is an SDXL-style one; only "
-                                 "SD-1.x/2.x-style control models are supported yet.")
         same = (tuple(config.block_out_channels) == tuple(unet_config.block_out_channels)
-                and config.in_channels <= unet_config.in_channels)
+                and config.in_channels <= unet_config.in_channels
+                and config.get("addition_embed_type") == unet_config.addition_embed_type)
     else:
+        if config.adapter_type == "full_adapter_xl" and len(config.channels) > 2:
+            raise ModelLoadError(f"The T2I-Adapter in {folder} is an SDXL one; SDXL "
+                                 "T2I-Adapters are not supported yet (SDXL ControlNets are).")
         same = list(config.channels) == list(unet_config.block_out_channels)
     if not same:
         raise ModelLoadError(f"The {'ControlNet' if kind == 'controlnet' else 'T2I-Adapter'} "
@@ -101,6 +102,7 @@ class ControlModel:
         self.path = path
         self.device, self.dtype = backend.device, backend.dtype
         self.uses_pooled_text = backend.parts.uses_pooled_text
+        self.time_ids = backend.parts.time_ids  # SDXL's size conditioning, else None
         config = network.config
         self.input_channels = int(config.conditioning_channels if kind == "controlnet"
                                   else config.in_channels)
@@ -140,6 +142,8 @@ class ControlModel:
             return ControlResiduals(tuple(feature.expand(batch, -1, -1, -1) * scale
                                           for feature in embedded), True)
         extra = (pooled.to(self.device, self.dtype),) if self.uses_pooled_text else ()
+        if self.time_ids is not None:
+            extra += (self.time_ids.to(self.device, self.dtype),)
         outputs = self._branch(x_t.to(self.device, self.dtype), t.to(self.device),
                                token_states.to(self.device, self.dtype),
                                embedded[0].expand(batch, -1, -1, -1), *extra)
@@ -148,12 +152,19 @@ class ControlModel:
 
 def controlnet_branch(network, uses_pooled_text: bool, x_t: torch.Tensor, t: torch.Tensor,
                       token_states: torch.Tensor, embedding: torch.Tensor,
-                      *pooled: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                      *text_extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """A ControlNet's forward (Zhang et al. 2023, fig. 3) from an already embedded control
-    image: the skip residuals then the middle residual, all tensors (CUDA-graph friendly)."""
+    image: the skip residuals then the middle residual, all tensors (CUDA-graph friendly).
+    text_extra: the pooled text when the model takes it, then SDXL's size time ids."""
     t_embedding = network.time_embedding(network.time_proj(t).to(x_t.dtype))
     if network.class_embedding is not None and uses_pooled_text:
-        t_embedding = t_embedding + network.class_embedding(pooled[0]).to(x_t.dtype)
+        t_embedding = t_embedding + network.class_embedding(text_extra[0]).to(x_t.dtype)
+    if network.config.addition_embed_type == "text_time":  # SDXL: pooled text + size ids
+        pooled, time_ids = text_extra
+        size_embedding = network.add_time_proj(time_ids.flatten()).reshape(1, -1)
+        added = torch.cat([pooled, size_embedding.to(pooled.dtype).expand(x_t.shape[0], -1)],
+                          dim=-1)
+        t_embedding = t_embedding + network.add_embedding(added.to(x_t.dtype))
     sample = network.conv_in(x_t) + embedding
     skips = [sample]
     for block in network.down_blocks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,8 +82,6 @@ def test_control_start_and_end_choose_the_steps_it_acts_on(tiny_model_dir, contr
     whole, _ = generator.generate(base)
     late, _ = generator.generate(GenerateRequest("cat", seed=1, steps=4, control_image=drawing(),
                                                  control_start=0.5))
-    from dataclasses import replace
-
     unused, _ = generator.generate(replace(base, control_start=0.9))  # no step at >= 0.9
     assert max_difference(unused, plain) == 0
     assert max_difference(late, plain) > 0 and max_difference(late, whole) > 0
@@ -248,3 +247,35 @@ def test_the_control_path_draws_the_same_frames_through_graphed_calls(
         assert max_difference(graphed.generate(request)[0], eager.generate(request)[0]) == 0
     assert captures.calls == (2 if kind == "controlnet" else 1)  # captured once, replayed
     assert len(staged.graphed_stages()) == 2
+
+
+def test_an_sdxl_controlnet_steers_an_sdxl_model_and_not_an_sd1_one(tmp_path, tiny_student_dir,
+                                                                    one_thread):
+    from engine.pipeline.tiny import build_tiny_pipeline
+    from engine.pipeline.tiny_control import build_controlnet_like
+    from engine.runtime import create_backend
+
+    sdxl_dir = build_tiny_pipeline(tmp_path / "sdxl", family="sdxl", student_timesteps=[999])
+    backend = create_backend(str(sdxl_dir), "torch", "cpu")
+    control_dir = build_controlnet_like(backend.parts.unet, backend.latent_channels,
+                                        tmp_path / "sdxl-scribble")
+    generator = load(sdxl_dir, control_dir)
+    plain, _ = generator.generate(GenerateRequest("cat", seed=2))
+    off, _ = generator.generate(GenerateRequest("cat", seed=2, control_image=drawing(),
+                                                control_strength=0.0))
+    on, _ = generator.generate(GenerateRequest("cat", seed=2, control_image=drawing()))
+    assert max_difference(off, plain) == 0 and max_difference(on, plain) > 0
+    with pytest.raises(ModelLoadError, match="another base model"):
+        load(tiny_student_dir, control_dir)
+
+
+def test_control_steers_the_teacher_sampler_with_guidance(tiny_model_dir, adapter_dir,
+                                                          controlnet_dir, one_thread):
+    for folder in (controlnet_dir, adapter_dir):  # the doubled CFG batch takes the residuals
+        generator = load(tiny_model_dir, folder)
+        request = GenerateRequest("cat", seed=4, teacher_steps=3, guidance=3.0)
+        plain, _ = generator.generate(request)
+        off, _ = generator.generate(replace(request, control_image=drawing(),
+                                            control_strength=0.0))
+        on, _ = generator.generate(replace(request, control_image=drawing()))
+        assert max_difference(off, plain) == 0 and max_difference(on, plain) > 0
