@@ -18,12 +18,12 @@ from engine.service import GenerationService
 GeneratorLoader = Callable[[str | None, str, str], object]
 
 
-def default_loader(model: str | None, backend: str, device: str = "auto", **control):
-    """engine.service.load_generator, imported lazily (it pulls in torch); control: its
-    control and control_type arguments."""
+def default_loader(model: str | None, backend: str, device: str = "auto", **options):
+    """engine.service.load_generator, imported lazily (it pulls in torch); options: its
+    control, control_type and options (ModelOptions) arguments."""
     from engine.service import load_generator
 
-    return load_generator(model, backend, device, **control)
+    return load_generator(model, backend, device, **options)
 
 
 def error_text(error: BaseException) -> str:

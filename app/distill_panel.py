@@ -83,7 +83,7 @@ class DistillPanel(QGroupBox):
 
     def _build(self, values: DistillSettings) -> None:
         defaults = DistillSettings()
-        self.teacher_picker = ModelSourcePicker("Embedded teacher")
+        self.teacher_picker = ModelSourcePicker("Embedded teacher", files=False)
         if values.teacher == "embedded":
             self.teacher_picker.set_value("embedded")
         else:

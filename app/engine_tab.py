@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from app.control_panel import ControlPicker, control_name
 from app.distill_panel import DistillPanel
 from app.model_picker import ModelSourcePicker
 from app.settings import AppSettings
-from engine.api import ONNX_BACKENDS
+from app.unet_picker import UnetPicker
+from engine.api import ONNX_BACKENDS, ModelOptions
 
+SIZE_CHOICES = (("Native size", 0), ("512 px", 512), ("768 px", 768), ("1024 px", 1024))
 BACKEND_LABELS = (("Automatic", "auto"), ("PyTorch", "torch"), ("ONNX Runtime", "onnx"),
             ("ONNX Runtime int8 (CPU)", "onnx-int8"))
 
@@ -82,12 +85,21 @@ class ModelPanel(QGroupBox):
                                      "to it when ready.")
         self.state_label = QLabel("No model loaded.")
         self.state_label.setWordWrap(True)
+        self.size_combo = QComboBox()
+        for label, size in SIZE_CHOICES:
+            self.size_combo.addItem(label, size)
+        self.size_combo.setToolTip("The image size the model renders: its own (SD 1.x 512, "
+                                   "SD 2.x 768, SDXL 1024), or 512 for SD-Turbo and SDXL-Turbo.")
+        self.size_combo.setCurrentIndex(max(0, self.size_combo.findData(settings.image_size)))
         row = QHBoxLayout()
         row.addWidget(self.backend_combo)
+        row.addWidget(self.size_combo)
         row.addWidget(self.load_button)
         row.addStretch(1)
         form = QFormLayout(self)
         form.addRow("Model", self.picker)
+        self.unet_picker = UnetPicker(settings.unet_file, settings.student_timesteps)
+        form.addRow("UNet", self.unet_picker)
         form.addRow("Backend", row)
         self.control_picker = ControlPicker(settings.control_model, settings.control_type)
         form.addRow("Control", self.control_picker)
@@ -108,8 +120,9 @@ class ModelPanel(QGroupBox):
     def load_selected(self) -> None:
         """Load what the picker shows; problems become a message, not an exception."""
         problem = self.picker.problem()
-        if problem:
-            self._report(problem)
+        options, unet_problem = self.unet_picker.model_options()
+        if problem or unet_problem:
+            self._report(problem or unet_problem)
             return
         source, value = self.picker.source, self.picker.value()
         if source == "embedded":
@@ -131,11 +144,18 @@ class ModelPanel(QGroupBox):
         self.settings.backend = self.backend
         self.settings.control_model = self.control_picker.folder
         self.settings.control_type = self.control_picker.control_type
-        self.load(model, f"{name} ({self.backend})")
+        self.settings.unet_file = self.unet_picker.unet_file
+        self.settings.student_timesteps = self.unet_picker.timesteps
+        self.settings.image_size = self.size_combo.currentData()
+        if self.settings.image_size:
+            options = replace(options or ModelOptions(), size=self.settings.image_size)
+        if options is not None and options.unet:
+            name = f"{name} + {Path(options.unet).name}"
+        self.load(model, f"{name} ({self.backend})", options)
 
-    def load(self, model: str, description: str) -> None:
-        """Start a background load, with the chosen control model; the newest load wins if
-        several overlap."""
+    def load(self, model: str, description: str, options: ModelOptions | None = None) -> None:
+        """Start a background load, with the chosen control model and load options (a UNet
+        file, student timesteps); the newest load wins if several overlap."""
         backend = self.backend
         if backend == "auto" and (self.engine.loras or self.engine.decoder):
             backend = "torch"  # LoRAs and a fast decoder run on PyTorch
@@ -143,6 +163,8 @@ class ModelPanel(QGroupBox):
         if control:
             loader = partial(loader, **control)
             description = f"{description} + {control_name(control['control'])}"
+        if options is not None:
+            loader = partial(loader, options=options)
         job = ModelLoadJob(model, backend, description, loader, self)
         job.loaded.connect(lambda generator, text, job=job: self._on_loaded(job, generator, text))
         job.failed.connect(lambda message, job=job: self._on_failed(job, message))

@@ -143,7 +143,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="main.py", description=f"{APP_NAME}: live one-step generation.")
-    parser.add_argument("--model", help="model folder or hub id (default: the embedded student)")
+    parser.add_argument("--model", help="model folder, single-file checkpoint (.safetensors, "
+                                        ".ckpt) or hub id (default: the embedded student)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS),
                         help="runtime (default: auto, ONNX Runtime on a CPU for small models "
                              "such as the embedded one, else PyTorch; onnx-int8: int8 matrix "
@@ -153,9 +154,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt", default=None, help="prompt to type at start")
     parser.add_argument("--version", action="version", version=f"dmd-studio {__version__}")
     options = parser.parse_args(argv)
-    if options.model and not Path(options.model).expanduser().is_dir() \
+    if options.model and not Path(options.model).expanduser().exists() \
             and not looks_like_hub_id(options.model):
-        parser.error(f"--model {options.model}: no such folder, and not a hub id (owner/name)")
+        parser.error(f"--model {options.model}: no such folder or file, and not a hub id "
+                     "(owner/name)")
     if options.backend in ONNX_BACKENDS and not onnx_backend_available():
         parser.error(f"--backend {options.backend}: the ONNX Runtime backend is not available "
                      "in this build")
@@ -230,10 +232,10 @@ def run_app(argv: list[str] | None = None) -> int:
     application = QApplication.instance() or QApplication([sys.argv[0]])
     settings, notice = load_settings()
     if options.model:
-        is_folder = Path(options.model).expanduser().is_dir()
-        settings.model_source = "folder" if is_folder else "hub"
-        settings.model = str(Path(options.model).expanduser().resolve()) if is_folder \
-            else options.model
+        path = Path(options.model).expanduser()
+        settings.model_source = "folder" if path.is_dir() else "file" if path.is_file() \
+            else "hub"
+        settings.model = str(path.resolve()) if path.exists() else options.model
     if options.backend:
         settings.backend = options.backend
     engine = LiveEngine()

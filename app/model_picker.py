@@ -1,4 +1,5 @@
-"""A model source row: embedded / folder / hub id, with a path field and a folder browser."""
+"""A model source row: embedded / folder / checkpoint file / hub id, with a path field and a
+browser."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-SOURCES = (("Embedded", "embedded"), ("Folder", "folder"), ("Hub id", "hub"))
+SOURCES = (("Embedded", "embedded"), ("Folder", "folder"), ("Checkpoint file", "file"),
+           ("Hub id", "hub"))
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")  # the engine's single files
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.ckpt *.pt *.pth)"
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -26,17 +30,24 @@ def looks_like_hub_id(text: str) -> bool:
 
 
 class ModelSourcePicker(QWidget):
-    """Chooses where a model comes from; value() is "embedded", a folder, or a hub id."""
+    """Chooses where a model comes from; value() is "embedded", a folder, a single-file
+    checkpoint (SD 1.x, SD 2.x, SDXL) or a hub id."""
 
     changed = Signal()
 
-    def __init__(self, embedded_label: str = "Embedded", parent: QWidget | None = None):
+    def __init__(self, embedded_label: str = "Embedded", parent: QWidget | None = None,
+                 files: bool = True):
+        """files: offer single-file checkpoints (the distillation teacher needs a folder)."""
         super().__init__(parent)
         self.source_combo = QComboBox()
         for label, source in SOURCES:
-            self.source_combo.addItem(embedded_label if source == "embedded" else label, source)
+            if source != "file" or files:
+                self.source_combo.addItem(embedded_label if source == "embedded" else label,
+                                          source)
         self.source_combo.setToolTip("The shipped embedded model, a local diffusers-layout "
-                                     "folder, or a Hugging Face hub id (needs the network once).")
+                                     "folder, a single-file checkpoint (.safetensors or .ckpt: "
+                                     "SD 1.x, SD 2.x, SDXL), or a Hugging Face hub id (needs "
+                                     "the network once).")
         self.source_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.source_combo.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.path_edit = QLineEdit()
@@ -58,12 +69,11 @@ class ModelSourcePicker(QWidget):
         return self.source_combo.currentData()
 
     def set_value(self, source: str, text: str = "") -> None:
-        sources = [value for _, value in SOURCES]
-        self.source_combo.setCurrentIndex(sources.index(source) if source in sources else 0)
+        self.source_combo.setCurrentIndex(max(0, self.source_combo.findData(source)))
         self.path_edit.setText(text if source != "embedded" else "")
 
     def value(self) -> str:
-        """"embedded" or the folder path / hub id as typed (stripped)."""
+        """"embedded" or the folder path / file path / hub id as typed (stripped)."""
         return "embedded" if self.source == "embedded" else self.path_edit.text().strip()
 
     def problem(self) -> str | None:
@@ -72,10 +82,16 @@ class ModelSourcePicker(QWidget):
         if self.source == "embedded":
             return None
         if not text:
-            return "Enter a folder or a hub id first." if self.source == "hub" \
-                else "Choose a model folder first."
+            return {"hub": "Enter a hub id first.", "file": "Choose a checkpoint file first."
+                    }.get(self.source, "Choose a model folder first.")
         if self.source == "folder" and not Path(text).expanduser().is_dir():
             return f"The folder {text} does not exist."
+        if self.source == "file":
+            path = Path(text).expanduser()
+            if not path.is_file():
+                return f"The checkpoint file {text} does not exist."
+            if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                return f"{path.name} is not a .safetensors or .ckpt checkpoint."
         if self.source == "hub" and not looks_like_hub_id(text):
             return f"{text!r} is not a hub id; use the form owner/name."
         return None
@@ -83,15 +99,23 @@ class ModelSourcePicker(QWidget):
     def _on_source_changed(self) -> None:
         source = self.source
         self.path_edit.setEnabled(source != "embedded")
-        self.browse_button.setEnabled(source == "folder")
+        self.browse_button.setEnabled(source in ("folder", "file"))
         self.path_edit.setPlaceholderText({"folder": "a diffusers-layout model folder",
+                                           "file": "a .safetensors or .ckpt checkpoint",
                                            "hub": "owner/name on the Hugging Face hub"}
                                           .get(source, "the model shipped in assets/models"))
         self.changed.emit()
 
     def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder",
-                                                  self.path_edit.text() or self.last_folder)
+        start = self.path_edit.text() or self.last_folder
+        if self.source == "file":
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint file", start,
+                                                  CHECKPOINT_FILTER)
+            if path:
+                self.last_folder = str(Path(path).parent)
+                self.path_edit.setText(path)
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder", start)
         if folder:
             self.last_folder = folder
             self.path_edit.setText(folder)

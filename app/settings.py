@@ -53,8 +53,11 @@ class DistillSettings:
 class AppSettings:
     """Everything the app remembers; unknown keys are ignored, bad values use defaults."""
 
-    model_source: str = "embedded"  # "embedded", "folder" or "hub"
-    model: str = ""  # folder path or hub id ("" with model_source=embedded)
+    model_source: str = "embedded"  # "embedded", "folder", "file" or "hub"
+    model: str = ""  # folder path, checkpoint file or hub id ("" with model_source=embedded)
+    unet_file: str = ""  # a UNet-only file or unet/ folder replacing the model's UNet ("": none)
+    student_timesteps: str = ""  # e.g. "399" or "999,749,499,249" ("": the model's own)
+    image_size: int = 0  # pixels the model renders (0: its native size)
     backend: str = "auto"  # "auto" (onnx on a CPU for small models), "torch", "onnx", "onnx-int8"
     control_model: str = ""  # a ControlNet / T2I-Adapter folder loaded with the model ("": none)
     control_type: str = "auto"  # its preprocessing: "auto", "scribble", "lineart" or "canny"
@@ -81,7 +84,8 @@ NUMBER_RANGES = {"brush_size": (1, 256), "teacher_steps": (1, MAX_TEACHER_STEPS)
                  "batch": (1, 2**16), "lr": (1e-12, 1.0), "guidance": (0.0, MAX_GUIDANCE),
                  "critic_ratio": (1, 1000), "gan_weight": (0.0, 1e6),
                  "regression_weight": (0.0, 1e6), "student_steps": (1, 4),
-                 "critic_warmup_steps": (0, 10**9), "ema_decay": (0.0, 0.999999)}
+                 "critic_warmup_steps": (0, 10**9), "ema_decay": (0.0, 0.999999),
+                 "image_size": (0, 8192)}
 
 
 def name_application() -> None:

@@ -163,3 +163,18 @@ class GenerateResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def parse_timesteps(text: str, flag: str = "--timesteps",
+                    num_train_timesteps: int = 1000) -> list[int]:
+    """"999,299" -> [999, 299]: strictly decreasing integers in [0, num_train_timesteps)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidRequestError(f"{flag} {text!r} must be integers separated by commas, "
+                                  "e.g. 999,299.") from None
+    decreasing = values == sorted(set(values), reverse=True)
+    if not decreasing or any(not 0 <= value < num_train_timesteps for value in values):
+        raise InvalidRequestError(f"{flag} {text!r} must decrease and lie in 0..."
+                                  f"{num_train_timesteps - 1}.")
+    return values

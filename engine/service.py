@@ -25,6 +25,7 @@ from engine.api import (
     GenerateRequest,
     GenerateResult,
     GenerationInterrupted,
+    ModelOptions,
     StageTimings,
 )
 
@@ -73,10 +74,12 @@ class ImageGenerator(Protocol):
 
 
 def load_generator(model: str | None = None, backend: str = "torch", device: str = "auto",
-                   control: str | None = None, control_type: str | None = None):
-    """Load a model folder (default: the embedded student) on a backend, warmed up; control:
-    a ControlNet or T2I-Adapter folder to load with it (control_type: its preprocessing,
-    default: the folder's control.json or name), which runs the model on PyTorch."""
+                   control: str | None = None, control_type: str | None = None,
+                   options: ModelOptions | None = None):
+    """Load a model folder or single-file checkpoint (default: the embedded student) on a
+    backend, warmed up; control: a ControlNet or T2I-Adapter folder to load with it
+    (control_type: its preprocessing, default: the folder's control.json or name), which runs
+    the model on PyTorch; options: a replacement UNet, student timesteps, size (ModelOptions)."""
     from engine.pipeline.generator import Generator
     from engine.runtime import create_backend
     from engine.runtime.loading import default_model
@@ -84,7 +87,7 @@ def load_generator(model: str | None = None, backend: str = "torch", device: str
     model = model or default_model()
     if model is None:
         raise EngineError("No model given and no embedded model is installed in assets/models.")
-    runtime = create_backend(model, backend, device, control=bool(control))
+    runtime = create_backend(model, backend, device, control=bool(control), options=options)
     control_model = None
     if control:
         from engine.runtime.control import load_control

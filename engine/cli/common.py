@@ -7,7 +7,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine.api import BACKENDS, EngineError, LoraChoice, ModelOptions, os_error_message
+from engine.api import (
+    BACKENDS,
+    EngineError,
+    LoraChoice,
+    ModelOptions,
+    os_error_message,
+    parse_timesteps,
+)
 from engine.runtime.loading import default_model
 
 BACKGROUND_NICENESS = 19  # the lowest: the trainer yields to anything interactive
@@ -83,21 +90,6 @@ def parse_lora(text: str) -> LoraChoice:
             raise EngineError(f"--lora {text!r}: the weight must be a number below 1000.")
         return LoraChoice(path, value)
     return LoraChoice(text, 1.0)
-
-
-def parse_timesteps(text: str, flag: str = "--timesteps",
-                    num_train_timesteps: int = 1000) -> list[int]:
-    """"999,299" -> [999, 299]: strictly decreasing integers in [0, num_train_timesteps)."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise EngineError(f"{flag} {text!r} must be integers separated by commas, "
-                          "e.g. 999,299.") from None
-    decreasing = values == sorted(set(values), reverse=True)
-    if not decreasing or any(not 0 <= value < num_train_timesteps for value in values):
-        raise EngineError(f"{flag} {text!r} must decrease and lie in 0..."
-                          f"{num_train_timesteps - 1}.")
-    return values
 
 
 def check_writable_folder(folder: Path, flag: str) -> None:
