@@ -76,6 +76,7 @@ class AdaptersPanel(QGroupBox):
     """LoRAs fused into the live model and the decoder of its frames."""
 
     status_message = Signal(str)
+    reload_requested = Signal()  # the running backend cannot fuse: load the model on PyTorch
 
     def __init__(self, engine: LiveEngine, settings: AppSettings, parent: QWidget | None = None):
         super().__init__("LoRAs and decoder", parent)
@@ -128,8 +129,22 @@ class AdaptersPanel(QGroupBox):
         self.apply()
 
     def apply(self) -> None:
-        """Hand the list to the engine (the service fuses it before the next frame)."""
+        """Hand the list to the engine (the service fuses it before the next frame); a model
+        running on ONNX Runtime is loaded again on PyTorch, which fuses it then."""
+        if self._needs_torch(bool(self.rows)):
+            self.engine.loras = self.choices()  # fused when the model loads again
+            self._reload_on_torch()
+            return
         self.engine.set_loras(self.choices())
+
+    def _needs_torch(self, wanted: bool) -> bool:
+        """Whether the running backend cannot fuse or swap decoders (ONNX Runtime)."""
+        return wanted and self.engine.backend_name not in ("", "torch")
+
+    def _reload_on_torch(self) -> None:
+        self.status_message.emit("LoRAs and a fast decoder run on PyTorch: loading the model "
+                                 "on PyTorch…")
+        self.reload_requested.emit()
 
     def _add_row(self, path: str, weight: float) -> None:
         row = LoraRow(path, weight)
@@ -174,6 +189,10 @@ class AdaptersPanel(QGroupBox):
         """Use the folder typed (or none) to decode live frames."""
         folder = self.decoder_edit.text().strip()
         self.settings.decoder = folder
+        if self._needs_torch(bool(folder)):
+            self.engine.decoder = folder  # used when the model loads again
+            self._reload_on_torch()
+            return
         self.engine.set_decoder(folder)
 
     def _decoder_dialog(self) -> None:

@@ -107,6 +107,7 @@ class ModelPanel(QGroupBox):
         self.load_button.clicked.connect(self.load_selected)
         self._jobs: list[ModelLoadJob] = []
         self._newest_job: ModelLoadJob | None = None
+        self.last_load: tuple[str, str] | None = None  # (model, description) loaded last
         engine.generator_changed.connect(self._on_generator_changed)
 
     @property
@@ -157,8 +158,12 @@ class ModelPanel(QGroupBox):
         """Start a background load, with the chosen control model and load options (a UNet
         file, student timesteps); the newest load wins if several overlap."""
         backend = self.backend
-        if backend == "auto" and (self.engine.loras or self.engine.decoder):
+        if backend != "torch" and (self.engine.loras or self.engine.decoder):
             backend = "torch"  # LoRAs and a fast decoder run on PyTorch
+            if self.backend != "auto":
+                self.status_message.emit("LoRAs and a fast decoder run on the PyTorch backend, "
+                                         "so PyTorch runs this model instead of ONNX Runtime.")
+        self.last_load = (model, description)
         loader, control = self._loader, self.control_picker.loader_options()
         if control:
             loader = partial(loader, **control)
@@ -174,6 +179,11 @@ class ModelPanel(QGroupBox):
         self.state_label.setText(f"Loading {description}…")
         self.load_button.setEnabled(False)
         job.start()
+
+    def reload(self) -> None:
+        """Load the last model again (e.g. on PyTorch once LoRAs are chosen)."""
+        if self.last_load is not None:
+            self.load(*self.last_load)
 
     def _on_loaded(self, job: ModelLoadJob, generator, description: str) -> None:
         if job is not self._newest_job:
@@ -223,6 +233,7 @@ class EngineTab(QWidget):
         layout.addWidget(self.distill_panel, 1)
         self.model_panel.status_message.connect(self.status_message)
         self.adapters_panel.status_message.connect(self.status_message)
+        self.adapters_panel.reload_requested.connect(self.model_panel.reload)
         self.distill_panel.status_message.connect(self.status_message)
         self.distill_panel.use_student_requested.connect(self._use_student)
 

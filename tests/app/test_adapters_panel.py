@@ -93,3 +93,16 @@ def test_a_fast_decoder_changes_frames_and_saves_with_the_full_vae(qtbot, real_w
     assert tab.save("image", str(fast_path))
     with Image.open(fast_path) as image:
         assert np.abs(np.asarray(image.convert("RGB")).astype(int) - fast).max() == 0
+
+
+def test_a_lora_on_an_onnx_model_loads_it_again_on_pytorch(qtbot, make_window, tiny_student_dir,
+                                                          tmp_path):
+    window = make_window(model_dir=tiny_student_dir)  # the real loader: auto picks onnx here
+    tab, panel = window.live_tab, window.engine_tab.adapters_panel
+    tab.prompt_edit.setText("cat")
+    frame_after(qtbot, tab, lambda result: result.backend == "onnx")
+    components = lora_components(TorchBackend.load(str(tiny_student_dir), "cpu").parts)
+    path = write_peft(tmp_path / "style.safetensors", random_layers(components), alpha=2.0)
+    panel.add_lora(str(path), 0.5)
+    frame_after(qtbot, tab, lambda result: result.backend == "torch" and len(result.loras) == 1)
+    assert tab.last_result.loras[0].weight == 0.5 and len(panel.rows) == 1
