@@ -166,9 +166,11 @@ class AdaptersPanel(QGroupBox):
             self._add_row(lora.path, lora.weight)
 
     def _on_applied(self, loras) -> None:
-        if [(lora.path, lora.weight) for lora in loras] != \
+        """The newest LoRA set is fused: the rows show it (a restored recipe sets them)."""
+        dragging = any(row.slider.isSliderDown() for row in self.rows)
+        if not dragging and [(lora.path, lora.weight) for lora in loras] != \
                 [(row.path, row.weight) for row in self.rows]:
-            return  # a newer change is on its way
+            self._show(loras)
         names = ", ".join(f"{Path(lora.path).name} {lora.weight:.2f}" for lora in loras)
         self.status_message.emit(f"LoRAs: {names}" if names else "No LoRAs.")
 

@@ -63,6 +63,7 @@ class LiveEngine(QObject):
         self.applied_loras: tuple[LoraChoice, ...] = ()  # what the model runs with now
         self.decoder = ""  # the fast decoder folder chosen, "" for the model's VAE
         self.control_info: tuple[str, str] | None = None
+        self._latest_jobs: dict[str, object] = {}  # kind -> the newest Future of that kind
         self._delivered_on_worker.connect(self._on_delivered, Qt.ConnectionType.QueuedConnection)
         self._job_done_on_worker.connect(self._on_job_done, Qt.ConnectionType.QueuedConnection)
 
@@ -126,13 +127,14 @@ class LiveEngine(QObject):
         return True
 
     def _watch(self, kind: str, future, payload=None) -> None:
+        self._latest_jobs[kind] = future
         future.add_done_callback(
             lambda done: self._job_done_on_worker.emit(kind, done, payload))
 
     @Slot(str, object, object)
     def _on_job_done(self, kind: str, future, payload) -> None:
-        if self._closed or future.cancelled():
-            return  # a newer setting replaced it, or the window is closing
+        if self._closed or future.cancelled() or future is not self._latest_jobs.get(kind):
+            return  # a newer setting replaced it (its result follows), or the window closes
         error = future.exception()
         if kind == "render":
             if error is None:

@@ -617,7 +617,11 @@ class LiveTab(QWidget):
 
     def restore_recipe(self, recipe: Recipe) -> None:
         """Set the prompt, seed, steps, mode, strength and sketch (undoably) or edited image
-        back to a recipe's, then draw one frame. A text recipe leaves the sketch alone."""
+        back to a recipe's, then draw one frame. A text recipe leaves the sketch alone. The
+        recipe's LoRAs (the same files, by digest) replace those fused now."""
+        wanted = [(lora.path, lora.weight) for lora in recipe.loras]
+        if wanted != [(lora.path, lora.weight) for lora in self.engine.loras]:
+            self.engine.set_loras(list(recipe.loras))  # the Engine tab's list follows
         inputs = (self.prompt_edit, self.seed_spin, self.steps_combo, self.mode_combo,
                   self.strength_slider, self.masked_box, self.canvas)
         for widget in inputs:

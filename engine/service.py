@@ -165,8 +165,9 @@ class GenerationService:
         return self.run_between_frames("decoder", lambda generator: generator.set_decoder(folder))
 
     def render_full(self, request: GenerateRequest) -> Future:
-        """The request's image decoded by the model's full VAE (for saving a frame that a
-        fast decoder drew): the same latents, so exactly the full VAE's frame."""
+        """The request drawn again with the model's full VAE decoding it (for saving a frame
+        that a fast decoder drew): on a deterministic backend the same latents, so exactly
+        the full VAE's frame."""
         return self.run_between_frames(
             "render-full", lambda generator: generator.generate(request, full_decoder=True)[0])
 

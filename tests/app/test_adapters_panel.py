@@ -42,6 +42,7 @@ def test_the_lora_list_drives_frames(qtbot, real_window, tiny_student_dir, tmp_p
                          and result.loras[0].weight == 1.0)
     assert np.abs(styled - plain).max() > 0
     assert tab.frame_recipe.loras[0].sha256 == tab.last_result.loras[0].sha256
+    styled_recipe = tab.frame_recipe
 
     panel.rows[0].slider.setValue(0)  # weight 0: the model as loaded, pixel for pixel
     zero = frame_after(qtbot, tab, lambda result: result.loras and result.loras[0].weight == 0)
@@ -50,6 +51,11 @@ def test_the_lora_list_drives_frames(qtbot, real_window, tiny_student_dir, tmp_p
     panel.remove_lora(panel.rows[0])
     removed = frame_after(qtbot, tab, lambda result: result.loras == ())
     assert np.abs(removed - plain).max() == 0 and panel.rows == []
+
+    tab.restore_recipe(styled_recipe)  # its LoRA comes back, in the list and the frame
+    again = frame_after(qtbot, tab, lambda result: result.loras == styled_recipe.loras)
+    assert np.abs(again - styled).max() == 0
+    assert [(row.path, row.weight) for row in panel.rows] == [(str(path), 1.0)]
 
 
 def test_a_bad_lora_file_is_a_message_and_the_app_lives_on(qtbot, real_window, tmp_path):
