@@ -1,10 +1,11 @@
-"""SD-1.5-shaped one-step frames/s at 512 px, batch 1 (random weights): torch and onnxruntime.
+"""SD-1.5-shaped one-step frames/s at 512 px and SDXL-shaped ones at 1024 and 512 px, batch 1
+(random weights): torch and onnxruntime (SD 1.5 only: SDXL runs on torch).
 
 Variants: eager fp16 + SDPA + channels_last; one CUDA graph over UNet -> decode with the text
 encoder eager, or over text encoder -> UNet -> decode; the same graphs over parts compiled by
 torch.compile (inductor's default or max-autotune kernels); onnxruntime CUDA and TensorRT
-providers. --arch tiny-sd runs the same setup on
-the 32-px tiny pipeline (CPU-testable).
+providers. --arch tiny-sd and tiny-sdxl run the same setup on the tiny pipelines
+(CPU-testable).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 import torch
 
 from engine.api import EngineError, GenerateRequest
+from engine.bench.sdxl_arch import ARCH_SIZES
 from engine.bench.timing import machine_info, median_ms, peak_rss_mb
 
-ARCHES = ("sd15", "tiny-sd")
+ARCHES = ("sd15", "tiny-sd", "sdxl", "tiny-sdxl")
+GPU_ARCHES = ("sd15", "sdxl")  # a CPU run of these needs --force
 # --compile choice -> torch.compile mode; the bench captures its own CUDA graph around the
 # compiled parts, so inductor's cudagraphs stay off.
 COMPILE_MODES = {"none": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
@@ -54,22 +57,31 @@ def build_sd15_folder(folder: Path) -> Path:
     return folder
 
 
-def build_arch_folder(arch: str, folder: Path) -> Path:
+def build_arch_folder(arch: str, folder: Path, device: str = "cpu") -> Path:
+    """The random-weight folder an arch measures (device: where big models initialise)."""
+    from engine.bench.sdxl_arch import build_sdxl_folder, build_tiny_sdxl_folder
+
     if arch == "sd15":
         return build_sd15_folder(folder)
+    if arch == "sdxl":
+        return build_sdxl_folder(folder, device)
+    if arch == "tiny-sdxl":
+        return build_tiny_sdxl_folder(folder)
     from engine.pipeline.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(folder, student_timesteps=[999])
 
 
 def resolve_device(arch: str, device: str, force: bool) -> str:
-    """cuda when available; an SD-1.5-sized CPU run needs --force."""
+    """cuda when available; an SD-1.5- or SDXL-sized CPU run needs --force."""
     from engine.runtime.torch_backend import pick_device
 
     device = pick_device(device)
-    if arch == "sd15" and device == "cpu" and not force:
-        raise EngineError("The SD-1.5-shaped benchmark needs CUDA (a 512-px frame takes seconds "
-                          "on a CPU); use --device cuda, --arch tiny-sd, or --force.")
+    if arch in GPU_ARCHES and device == "cpu" and not force:
+        shape = "SD-1.5" if arch == "sd15" else "SDXL"
+        raise EngineError(f"The {shape}-shaped benchmark needs CUDA (a frame takes seconds on a "
+                          f"CPU); use --device cuda, --arch tiny-{arch.removesuffix('15')}, "
+                          "or --force.")
     return device
 
 
@@ -78,6 +90,7 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
     decoded; frame() reads only tensors allocated here, so one CUDA graph can capture it.
     set_prompt(p) refreshes the text input in place: the token ids when the text encoder is
     inside the frame, else its states, encoded eagerly."""
+    from engine.runtime.sdxl import pooled_text_kwargs
     from engine.runtime.text import encode_tokens
 
     parts, device, dtype = backend.parts, backend.device, backend.dtype
@@ -89,6 +102,8 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
     x_in = torch.cat([x_t, x_t.new_zeros(1, extra, *x_t.shape[2:])], 1) if extra else x_t
     t = torch.tensor([top], device=device)
     tokens = {key: value.to(device) for key, value in encoder.tokenize([prompt]).items()}
+    token_ids = [ids.to(device) for ids in encoder.token_ids([prompt])] if encoder.is_clip \
+        else []  # CLIP: each tokenizer's ids (SDXL has two)
     text = backend.encode_text([prompt])
     states, pooled = text.token_states.to(device, dtype), text.pooled.to(device, dtype)
 
@@ -96,19 +111,24 @@ def static_frame(backend, prompt: str, x_t: torch.Tensor, text_inside: bool):
         if text_inside:
             for key, value in encoder.tokenize([new_prompt]).items():
                 tokens[key].copy_(value)
+            for ids, fresh_ids in zip(token_ids, encoder.token_ids([new_prompt]), strict=True):
+                ids.copy_(fresh_ids)
         else:
             fresh = backend.encode_text([new_prompt])
             states.copy_(fresh.token_states)
             pooled.copy_(fresh.pooled)
 
     def frame() -> torch.Tensor:
-        if text_inside:
+        if text_inside and encoder.is_clip:
+            text_states, text_pooled = (part.to(dtype) for part in encoder.encode_ids(*token_ids))
+        elif text_inside:
             text_states, text_pooled = (part.to(dtype) for part in encode_tokens(
-                encoder.model, encoder.is_clip, tokens["input_ids"], tokens.get("attention_mask")))
+                encoder.model, False, tokens["input_ids"], tokens.get("attention_mask")))
         else:
             text_states, text_pooled = states, pooled
-        output = parts.unet(x_in, t, encoder_hidden_states=text_states,
-                            class_labels=text_pooled if parts.uses_pooled_text else None).sample
+        text_kwargs = pooled_text_kwargs(parts.unet, text_pooled if parts.uses_pooled_text
+                                         else None, parts.time_ids)
+        output = parts.unet(x_in, t, encoder_hidden_states=text_states, **text_kwargs).sample
         x0 = schedule.output_to_x0(output.float(), x_t.float(), abar)
         return parts.vae.decode((x0 / parts.latent_scale).to(dtype)).sample.clamp(-1, 1)
 
@@ -168,7 +188,8 @@ def compile_parts(backend, mode: str) -> float:
     parts = backend.parts
     parts.unet.forward = torch.compile(parts.unet.forward, mode=mode)
     parts.vae.decoder.forward = torch.compile(parts.vae.decoder.forward, mode=mode)
-    parts.text_encoder.model.forward = torch.compile(parts.text_encoder.model.forward, mode=mode)
+    for model in getattr(parts.text_encoder, "models", (parts.text_encoder.model,)):
+        model.forward = torch.compile(model.forward, mode=mode)
     start = time.perf_counter()
     with torch.inference_mode():
         for text_inside in (False, True):
@@ -185,11 +206,29 @@ def variant(name: str, function: Callable[[], object], repeats: int, note: str =
     return {"variant": name, "frame_ms": frame_ms, "fps": 1e3 / frame_ms, "note": note}
 
 
-def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -> list[dict]:
+def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str,
+                   size: int | None = None) -> list[dict]:
+    """Eager, live-path, CUDA-graph and compiled frames; size: render at this many pixels
+    (variant names then start with it)."""
+    from engine.api import ModelOptions
+    from engine.runtime.torch_backend import TorchBackend
+
+    options = ModelOptions(size=size) if size else None
+    backend = TorchBackend.load(str(folder), device, cuda_graphs=False, options=options)
+    results = size_variants(backend, device, repeats, compile_mode)
+    backend = None  # free the weights before the next variant
+    release()
+    if size:
+        for result in results:
+            result["variant"] = f"{size} px {result['variant']}"
+    return results
+
+
+def size_variants(backend, device: str, repeats: int, compile_mode: str) -> list[dict]:
+    """torch_variants' measurements over one loaded backend."""
     from engine.pipeline.generator import Generator
     from engine.runtime.torch_backend import TorchBackend
 
-    backend = TorchBackend.load(str(folder), device, cuda_graphs=False)
     request = GenerateRequest(PROMPT, steps=1)
 
     def generate(generator: Generator) -> None:
@@ -223,8 +262,6 @@ def torch_variants(folder: Path, device: str, repeats: int, compile_mode: str) -
                 results += compiled
             except Exception as error:  # noqa: BLE001
                 results.append(failed(name, error))
-    eager = backend = None  # free the weights before the next variant
-    release()
     return results
 
 
@@ -325,17 +362,24 @@ def bench_arch(arch: str, device: str = "auto", repeats: int = 20, force: bool =
                           f"{', '.join(COMPILE_MODES)}.")
     device = resolve_device(arch, device, force)
     with tempfile.TemporaryDirectory(prefix="dmd-bench-", dir=work_dir) as tmp:
-        folder = build_arch_folder(arch, Path(tmp) / arch)
+        folder = build_arch_folder(arch, Path(tmp) / arch, device)
+        sizes = ARCH_SIZES.get(arch, (None,))  # None: the folder's own size
         variants = []
         if "torch" in backends:
-            variants += torch_variants(folder, device, repeats, compile_mode)
+            for size in sizes:
+                variants += torch_variants(folder, device, repeats, compile_mode, size)
         if control and "torch" in backends:
             variants += control_variants(folder, device, repeats, control)
-        if "onnx" in backends:
+        if "onnx" in backends and arch in ARCH_SIZES:
+            variants.append({"variant": "onnxruntime", "frame_ms": 0.0, "fps": 0.0,
+                             "note": "not measured: the ONNX export does not cover SDXL"})
+        elif "onnx" in backends:
             variants += onnx_variants(folder, device, repeats)
-        image_size = json.loads((folder / "model_index.json").read_text())["image_size"]
+        image_size = sizes[0] or json.loads((folder / "model_index.json").read_text())[
+            "image_size"]
     working = [v for v in variants if v["fps"] > 0]
-    return {"arch": arch, "device": device, "image_size": image_size, "batch": 1,
+    return {"arch": arch, "device": device, "image_size": image_size,
+            "image_sizes": [size or image_size for size in sizes], "batch": 1,
             "dtype": "float16" if device.startswith("cuda") else "float32",
             "weights": "random", "repeats": repeats, "variants": variants,
             "best_fps": max((v["fps"] for v in working), default=0.0),

@@ -62,9 +62,10 @@ def live_report(report: dict) -> str:
 
 
 def gpu_report(report: dict) -> str:
-    """One row per SD-1.5-shaped variant: ms per frame and frames/s."""
+    """One row per variant of the random-weight arch: ms per frame and frames/s."""
     rows = [(v["variant"], [f"{v['frame_ms']:.2f}", f"{v['fps']:.1f}", v.get("note", "")])
             for v in report["variants"]]
-    head = f"{report['arch']} at {report['image_size']} px, batch 1, {report['dtype']}, " \
+    sizes = " and ".join(str(size) for size in report.get("image_sizes", [report["image_size"]]))
+    head = f"{report['arch']} at {sizes} px, batch 1, {report['dtype']}, " \
            f"device {report['device']}"
     return head + "\n" + table(rows, ["variant", "ms/frame", "frames/s", "note"])

@@ -40,9 +40,10 @@ def add_parser(subparsers) -> None:
                         help="show that preview only while the full frame is expected to take "
                              f"longer than this (default {DIRECT_FRAME_MS:g}, as the live tab's "
                              "Auto preview; 0: always)")
-    parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd"),
-                        help="instead of --model: random-weight SD-1.5-shaped frames/s "
-                             "(needs CUDA; tiny-sd: a 32-px stand-in for tests)")
+    parser.add_argument("--arch", default=None, choices=("sd15", "tiny-sd", "sdxl", "tiny-sdxl"),
+                        help="instead of --model: random-weight one-step frames/s of SD-1.5 "
+                             "shapes at 512 px or SDXL shapes at 1024 and 512 px (needs "
+                             "CUDA; tiny-sd, tiny-sdxl: small stand-ins for tests)")
     parser.add_argument("--compile", default="default",
                         choices=("none", "default", "max-autotune"),
                         help="with --arch on CUDA: also replay the CUDA graphs over parts "
@@ -62,7 +63,7 @@ def add_parser(subparsers) -> None:
                         help="with --control: the control image's preprocessing (default: the "
                              "control model's control.json, else its folder's name)")
     parser.add_argument("--force", action="store_true",
-                        help="with --arch sd15: run on CPU anyway (slow)")
+                        help="with --arch sd15 or sdxl: run on CPU anyway (slow)")
     add_model_option_arguments(parser)
     parser.set_defaults(run=run)
 

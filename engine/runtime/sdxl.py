@@ -79,8 +79,9 @@ class DualTextEncoder:
         return next(self.models[0].parameters()).device
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """The first tokenizer's ids (padded with <|endoftext|>), as TextEncoder.tokenize."""
-        return self.token_ids(prompts)[0]
+        """The first tokenizer's output (padded with <|endoftext|>), as TextEncoder.tokenize."""
+        return self.tokenizers[0](prompts, padding="max_length", max_length=self.max_length,
+                                  truncation=True, return_tensors="pt")
 
     def token_ids(self, prompts: list[str]) -> tuple[torch.Tensor, ...]:
         """Each tokenizer's padded ids (the second pads with "!"): the input of encode_ids."""
