@@ -86,6 +86,11 @@ def resolve_model_dir(model: str) -> Path:
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
+            from engine.runtime.single_file import is_checkpoint_file
+
+            if is_checkpoint_file(path):  # loaders of files never ask for a folder
+                raise ModelLoadError(f"{path} is a single-file checkpoint; this needs a model "
+                                     "folder (diffusers layout).")
             raise ModelLoadError(f"{path} is neither a model folder nor a .safetensors or .ckpt "
                                  "checkpoint.")
         return path

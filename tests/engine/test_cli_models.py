@@ -77,3 +77,11 @@ def test_bad_option_values_exit_2(tiny_family_models, tmp_path, capsys):
         result = run_in_process(capsys, "generate", "--model", checkpoint, *flags, "--prompt",
                                 "x", "--out", out)
         assert_clean_error(result, fragment)
+
+
+def test_commands_that_need_a_folder_say_so_for_a_single_file(tiny_family_models, tmp_path,
+                                                              capsys):
+    _, checkpoint = tiny_family_models["sd1"]
+    result = run_in_process(capsys, "export-onnx", "--model", checkpoint, "--out",
+                            tmp_path / "onnx")
+    assert_clean_error(result, "is a single-file checkpoint; this needs a model folder")
