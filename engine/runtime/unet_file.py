@@ -108,5 +108,6 @@ def apply_unet_options(parts, model: str, options, dtype: torch.dtype, device) -
     if "timesteps" in config:
         config["timesteps"] = check_student_timesteps(
             config["timesteps"], parts.schedule.num_train_timesteps,
-            "the student options" if options.student_timesteps else str(options.unet))
+            "the student options" if options.student_timesteps
+            else f"the student.json beside {options.unet}" if options.unet else "student.json")
     parts.student_config = config

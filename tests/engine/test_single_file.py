@@ -191,3 +191,16 @@ def test_the_original_layout_covers_every_tensor(tiny_family_models):
     original = folder_to_original(folder, "sd2")
     layers = {key.split(".")[4] for key in original if ".resblocks." in key}
     assert layers == {"0", "1", "2"}  # two used layers + the dropped last one
+
+
+def test_the_configs_and_vocabulary_ship_in_the_wheel():
+    """pyproject's package-data carries the family configs and CLIP's vocabulary (with its
+    licence), which single files need at run time."""
+    from tests.engine.test_install import REPO, pyproject
+
+    patterns = pyproject()["tool"]["setuptools"]["package-data"]["dmd_assets"]
+    shipped = {path for pattern in patterns for path in (REPO / "assets").glob(pattern)}
+    needed = [REPO / "assets/configs" / f"{family}.json" for family in ("sd1", "sd2", "sdxl")]
+    needed += [REPO / "assets/tokenizers/clip" / name
+               for name in ("bpe_simple_vocab_16e6.txt.gz", "LICENSE", "README.md")]
+    assert set(needed) <= shipped
