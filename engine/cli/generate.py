@@ -191,7 +191,7 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.pipeline.generator import resized
+    from engine.pipeline.images import resized
 
     base = base_request(args)
     prompts = read_prompts(args.prompts) if args.prompts else [base.prompt]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.pipeline.generator import LruCache
+from engine.pipeline.cache import LruCache
 from engine.runtime.text import TextEmbedding, TextEncoder
 
 

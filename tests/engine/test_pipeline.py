@@ -62,7 +62,7 @@ def test_img2img_strength_zero_returns_the_autoencoded_input(generator):
     init = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     image, _ = generator.generate(GenerateRequest("x", seed=1, init_image=init, strength=0.0))
     backend = generator.backend
-    from engine.pipeline.generator import image_to_tensor, tensor_to_image
+    from engine.pipeline.images import image_to_tensor, tensor_to_image
 
     reconstruction = tensor_to_image(backend.decode(backend.encode_image(image_to_tensor(init,
                                                                                          32))))
