@@ -153,16 +153,21 @@ def bench_args(**overrides):
 
 
 @pytest.mark.parametrize("text_inside", [False, True])
-def test_the_graph_frame_draws_what_the_generator_draws(tmp_path, text_inside):
-    """The frame captured in CUDA graphs, run eagerly on the CPU: the same image as the
-    engine's one-step path for the same noise, and set_prompt switches prompts in place."""
+@pytest.mark.parametrize(("arch", "size"), [("tiny-sd", None), ("tiny-sdxl", 64)])
+def test_the_graph_frame_draws_what_the_generator_draws(tmp_path, arch, size, text_inside):
+    """The frame captured in CUDA graphs (the text encoders, SDXL's two included, inside it
+    or their states copied in), run eagerly on the CPU: the same image as the engine's
+    one-step path for the same noise, and set_prompt switches prompts in place."""
     import torch
 
+    from engine.api import ModelOptions
     from engine.bench.gpu import build_arch_folder, static_frame
     from engine.pipeline.generator import Generator
     from engine.runtime.torch_backend import TorchBackend
 
-    backend = TorchBackend.load(str(build_arch_folder("tiny-sd", tmp_path / "tiny")), "cpu")
+    options = ModelOptions(size=size) if size else None
+    backend = TorchBackend.load(str(build_arch_folder(arch, tmp_path / "tiny")), "cpu",
+                                options=options)
     generator = Generator(backend)
     x_t = generator.noise_source(3)((1, backend.latent_channels, backend.latent_size,
                                      backend.latent_size))
