@@ -193,7 +193,7 @@ def test_the_history_keeps_at_most_its_limit_and_deletes_what_falls_off(qtbot, t
 
 
 def test_variations_fill_the_history_with_new_seeds_and_leave_the_canvas(qtbot, make_window):
-    from app.live_tab import VARIATIONS
+    from app.variations import VARIATIONS
 
     generator = FakeGenerator()
     window = make_window(generator)
