@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is None and not args.recipe:
         base = replace(base, steps=generator.default_steps)
     model = args.model or "embedded student"
+    if getattr(args, "unet", None):  # the recipe's reader sees which UNet drew it
+        model = f"{model} with UNet {args.unet}"
     control = generator.control
     control_model, control_type = (str(args.control), control.control_type) if control else ("", "")
 

@@ -32,6 +32,8 @@ def test_generate_with_a_unet_file_and_student_timesteps(tiny_family_models, tmp
     result = run_in_process(capsys, "generate", "--model", base, "--unet", unet,
                             "--student-timesteps", 399, "--prompt", "cat", "--out", out)
     assert result.returncode == 0, result.stderr
+    recipe = run_in_process(capsys, "info", "--image", out, "--json")
+    assert f"with UNet {unet}" in recipe.stdout
     info = run_in_process(capsys, "info", "--model", base, "--unet", unet, "--student-timesteps",
                           "999,749,499,249", "--json")
     described = json.loads(info.stdout)
