@@ -17,25 +17,29 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+CONTROL_FILE_FILTER = ("Control models (*.safetensors *.pth *.ckpt *.pt config.json);;"
+                       "All files (*)")
 CONTROL_TYPE_LABELS = (("Type: automatic", "auto"), ("Scribble", "scribble"),
                        ("Line art", "lineart"), ("Canny edges", "canny"))
 
 
 class ControlPicker(QWidget):
-    """A control model folder (empty: none) and the preprocessing its images get."""
+    """A control model folder or ControlNet file (empty: none) and the preprocessing its
+    images get."""
 
     def __init__(self, folder: str = "", control_type: str = "auto",
                  parent: QWidget | None = None):
         super().__init__(parent)
         self.folder_edit = QLineEdit(folder)
-        self.folder_edit.setPlaceholderText("None (a ControlNet or T2I-Adapter folder steers "
-                                            "sketches on SD-class models)")
+        self.folder_edit.setPlaceholderText("None (a ControlNet or T2I-Adapter folder, or a "
+                                            "ControlNet file, steers sketches on SD-class "
+                                            "models)")
         self.browse_button = QPushButton("Browse…")
         self.type_combo = QComboBox()
         for label, value in CONTROL_TYPE_LABELS:
             self.type_combo.addItem(label, value)
         self.type_combo.setToolTip("How the sketch or image is prepared for the control model; "
-                                   "automatic: its control.json, else its folder's name")
+                                   "automatic: its control.json, else its folder's or file's name")
         index = self.type_combo.findData(control_type)
         self.type_combo.setCurrentIndex(max(index, 0))
         layout = QHBoxLayout(self)
@@ -61,9 +65,11 @@ class ControlPicker(QWidget):
         return {"control": self.folder, "control_type": None if chosen == "auto" else chosen}
 
     def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Control model folder", self.folder)
-        if folder:
-            self.folder_edit.setText(folder)
+        chosen, _ = QFileDialog.getOpenFileName(self, "Control model: a ControlNet file, or "
+                                                "a folder's config.json", self.folder,
+                                                CONTROL_FILE_FILTER)
+        if chosen:
+            self.folder_edit.setText(control_choice(chosen))
 
 
 class ControlSliders(QWidget):
@@ -128,6 +134,13 @@ class ControlSliders(QWidget):
         self._show_values()
 
 
+def control_choice(chosen_file: str) -> str:
+    """The control model a file dialog's choice names: a folder's config.json names the
+    folder, any other file (a ControlNet .safetensors / .pth) itself."""
+    path = Path(chosen_file)
+    return str(path.parent) if path.name == "config.json" else str(path)
+
+
 def control_name(folder: str) -> str:
-    """The control model's folder name, for the model's description."""
+    """The control model's folder or file name, for the model's description."""
     return Path(folder).name or folder

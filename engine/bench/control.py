@@ -76,8 +76,8 @@ def control_figures(generator, repeats: int) -> dict:
 
 def bench_control(model: str, control: str, device: str = "auto", repeats: int = 10,
                   threads: int | None = None, control_type: str | None = None) -> dict:
-    """Load model with the control model (a folder, or "tiny": a random ControlNet shaped for
-    the model's UNet) on PyTorch and measure control_figures."""
+    """Load model with the control model (a folder or ControlNet file, or "tiny": a random
+    ControlNet shaped for the model's UNet) on PyTorch and measure control_figures."""
     from engine.bench.runner import load_backend
     from engine.pipeline.generator import Generator
     from engine.pipeline.tiny_control import build_controlnet_like

@@ -55,13 +55,14 @@ def add_parser(subparsers) -> None:
                              "(fair comparisons on a host whose speed drifts)")
     parser.add_argument("--control", default=None, metavar="MODEL|tiny|TYPE",
                         help="measure a control model's cost per frame on --model (PyTorch): a "
-                             "ControlNet or T2I-Adapter folder, or tiny (a random ControlNet "
-                             "shaped for the model's UNet); with --arch sd15: scribble, lineart "
-                             "or canny adds the SD-1.5-shaped frame with a random ControlNet")
+                             "ControlNet or T2I-Adapter folder, a ControlNet file, or tiny (a "
+                             "random ControlNet shaped for the model's UNet); with --arch "
+                             "sd15: scribble, lineart or canny adds the SD-1.5-shaped frame "
+                             "with a random ControlNet")
     parser.add_argument("--control-type", default=None,
                         choices=("scribble", "lineart", "canny"),
                         help="with --control: the control image's preprocessing (default: the "
-                             "control model's control.json, else its folder's name)")
+                             "control model's control.json, else its folder's or file's name)")
     parser.add_argument("--force", action="store_true",
                         help="with --arch sd15 or sdxl: run on CPU anyway (slow)")
     add_model_option_arguments(parser)

@@ -69,15 +69,18 @@ def add_control_arguments(parser) -> None:
     from engine.runtime.control import CONTROL_TYPES
 
     parser.add_argument("--control", metavar="MODEL",
-                        help="a ControlNet or T2I-Adapter folder (diffusers layout) that steers "
-                             "the image with --control-image (PyTorch backend only)")
+                        help="a ControlNet or T2I-Adapter folder (diffusers layout), or a "
+                             "ControlNet file in the original release layout (.safetensors, "
+                             ".pth), that steers the image with --control-image (PyTorch "
+                             "backend only)")
     parser.add_argument("--control-image", type=Path, metavar="FILE",
                         help="the control model's input: a drawing (dark lines on white, or "
                              "white on black) or, for canny, any image; resized to the model's "
                              "size")
     parser.add_argument("--control-type", choices=CONTROL_TYPES, default=None,
                         help="how --control-image is preprocessed (default: the control "
-                             "model's control.json, else its folder's name, else scribble)")
+                             "model's control.json, else its folder's or file's name, else "
+                             "scribble)")
     parser.add_argument("--control-strength", type=float, default=None, metavar="S",
                         help="multiplies the control model's effect, 0 to 2 (default 1; 0: the "
                              "image without control)")
@@ -178,14 +181,14 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
         raise EngineError("--mask needs an image to edit: give --init (or an edit --recipe).")
     if request.control_image is not None and args.control is None:
         raise EngineError("--control-image needs --control MODEL (a ControlNet or T2I-Adapter "
-                          "folder).")
+                          "folder, or a ControlNet file).")
     if args.control is not None and request.control_image is None:
         raise EngineError("--control needs --control-image FILE (the drawing or image that "
                           "steers the frame).")
     if args.control is not None:
-        from engine.runtime.control import control_folder
+        from engine.runtime.control import control_path
 
-        control_folder(args.control)  # a missing folder fails before the model loads
+        control_path(args.control)  # a missing control model fails before the model loads
     check_request(request)  # --guidance inf and the like fail before the model loads
     return request
 

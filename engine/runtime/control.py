@@ -8,9 +8,11 @@ depends on the image alone, so the generator computes it once per image and keep
 T2I-Adapter's feature pyramid depends on the image alone too: computed once per image, it is
 added inside the UNet's down blocks at every step.
 
-A control model is a diffusers folder (config.json + weights) with an optional control.json
-{"type": "scribble" | "lineart" | "canny"} naming the preprocessing it was trained on;
-without one the type comes from the folder's name, else scribble.
+A control model is a diffusers folder (config.json + weights) or a ControlNet file in the
+original release layout (engine/runtime/control_file.py), with an optional control.json
+{"type": "scribble" | "lineart" | "canny"} naming the preprocessing it was trained on (in the
+folder, or beside the file); without one the type comes from the folder's or file's name,
+else scribble.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from engine.api import ModelLoadError
+from engine.runtime.control_file import is_control_file, load_controlnet_file
 from engine.runtime.loading import load_component, read_json
 
 log = logging.getLogger(__name__)
@@ -44,28 +47,32 @@ class ControlResiduals:
     intrablock: bool  # True: T2I-Adapter features (added inside the down blocks)
 
 
-def guess_control_type(folder: Path) -> str:
-    """control.json's "type", else a type word in the folder's name, else scribble."""
-    settings_path = folder / CONTROL_FILE
+def guess_control_type(path: Path) -> str:
+    """control.json's "type" (in the folder, or beside the file), else a type word in the
+    folder's or file's name, else scribble."""
+    settings_path = (path.parent if path.is_file() else path) / CONTROL_FILE
     if settings_path.is_file():
         control_type = read_json(settings_path).get("type")
         if control_type not in CONTROL_TYPES:
             raise ModelLoadError(f"{settings_path} names the control type {control_type!r}; "
                                  f"use one of {', '.join(CONTROL_TYPES)}.")
         return control_type
-    name = folder.resolve().name.lower()
+    resolved = path.resolve()
+    name = (resolved.stem if path.is_file() else resolved.name).lower()
     return next((kind for word, kind in TYPE_WORDS if word in name), "scribble")
 
 
-def control_folder(path: str | Path) -> Path:
-    """The control model's folder, checked to exist and to hold a config.json."""
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise ModelLoadError(f"The control model {folder} does not exist.")
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{folder} is not a control model folder (a diffusers "
-                             "ControlNet or T2I-Adapter folder with config.json).")
-    return folder
+def control_path(path: str | Path) -> Path:
+    """The control model's folder (checked to hold a config.json) or ControlNet file (checked
+    to have a checkpoint suffix), checked to exist."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"The control model {path} does not exist.")
+    if not is_control_file(path) and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a control model (a diffusers ControlNet or "
+                             "T2I-Adapter folder with config.json, or a ControlNet "
+                             ".safetensors / .pth file).")
+    return path
 
 
 def check_fits(kind: str, config, unet_config, folder: Path) -> None:
@@ -188,8 +195,8 @@ def controlnet_branch(network, uses_pooled_text: bool, x_t: torch.Tensor, t: tor
 
 
 def load_control(path: str | Path, backend, control_type: str | None = None) -> ControlModel:
-    """Load a ControlNet or T2I-Adapter folder onto a torch backend, checked against its UNet;
-    control_type overrides control.json / the folder's name."""
+    """Load a ControlNet or T2I-Adapter folder, or a ControlNet file, onto a torch backend,
+    checked against its UNet; control_type overrides control.json / the folder's name."""
     from diffusers import ControlNetModel, T2IAdapter
 
     if getattr(backend, "parts", None) is None:
@@ -198,15 +205,20 @@ def load_control(path: str | Path, backend, control_type: str | None = None) -> 
     if control_type is not None and control_type not in CONTROL_TYPES:
         raise ModelLoadError(f"Unknown control type {control_type!r}; use one of "
                              f"{', '.join(CONTROL_TYPES)}.")
-    folder = control_folder(path)
-    class_name = read_json(folder / "config.json").get("_class_name")
-    if class_name not in CONTROL_CLASSES:
-        raise ModelLoadError(f"{folder} holds a {class_name or 'model of unknown class'}, not "
-                             "a ControlNetModel or T2IAdapter.")
-    kind = CONTROL_CLASSES[class_name]
-    model_class = ControlNetModel if kind == "controlnet" else T2IAdapter
-    network = load_component(model_class, folder, backend.dtype)
-    check_fits(kind, network.config, backend.parts.unet.config, folder)
+    folder = control_path(path)
+    unet_config = backend.parts.unet.config
+    if is_control_file(folder):
+        kind = "controlnet"
+        network = load_controlnet_file(folder, unet_config, backend.dtype)
+    else:
+        class_name = read_json(folder / "config.json").get("_class_name")
+        if class_name not in CONTROL_CLASSES:
+            raise ModelLoadError(f"{folder} holds a {class_name or 'model of unknown class'}, "
+                                 "not a ControlNetModel or T2IAdapter.")
+        kind = CONTROL_CLASSES[class_name]
+        model_class = ControlNetModel if kind == "controlnet" else T2IAdapter
+        network = load_component(model_class, folder, backend.dtype)
+    check_fits(kind, network.config, unet_config, folder)
     network = network.to(backend.device).eval().requires_grad_(False)
     if backend.device.startswith("cuda"):
         network.to(memory_format=torch.channels_last)

@@ -77,10 +77,19 @@ def shape_of(state: dict, key: str, what: str) -> torch.Size:
 def infer_unet_config(unet_state: dict, base: dict, head_width: int | None,
                       pooled_width: int | None) -> dict:
     """The family's UNet config with the dimensions unet_state (original layout, no prefix)
-    reveals: in/out channels, block widths, layers per block, which levels attend and their
-    transformer depth, cross-attention width, linear or 1x1-conv projections, SDXL's added
-    embedding width. head_width: channels per attention head (SD 2.x, SDXL), else the
-    config's head count stays."""
+    reveals: infer_encoder_config's and the output channels."""
+    config = infer_encoder_config(unet_state, base, head_width, pooled_width)
+    config["out_channels"] = int(shape_of(unet_state, "out.2.weight", "the UNet's output")[0])
+    return config
+
+
+def infer_encoder_config(unet_state: dict, base: dict, head_width: int | None,
+                         pooled_width: int | None) -> dict:
+    """The family's UNet config with the dimensions of unet_state's input blocks (a UNet's or
+    a ControlNet's, original layout, no prefix): input channels, block widths, layers per
+    block, which levels attend and their transformer depth, cross-attention width, linear or
+    1x1-conv projections, SDXL's added embedding width. head_width: channels per attention
+    head (SD 2.x, SDXL), else the config's head count stays."""
     conv_in = shape_of(unet_state, "input_blocks.0.0.weight", "the UNet's input convolution")
     input_blocks = indices(unet_state, r"input_blocks\.(\d+)\.")
     downsamplers = [i for i in input_blocks if f"input_blocks.{i}.0.op.weight" in unet_state]
@@ -101,7 +110,6 @@ def infer_unet_config(unet_state: dict, base: dict, head_width: int | None,
     config = dict(base)
     config.update(
         in_channels=int(conv_in[1]),
-        out_channels=int(shape_of(unet_state, "out.2.weight", "the UNet's output")[0]),
         block_out_channels=widths, layers_per_block=layers, down_block_types=down_types,
         up_block_types=["CrossAttnUpBlock2D" if kind.startswith("CrossAttn") else "UpBlock2D"
                         for kind in reversed(down_types)],

@@ -97,3 +97,23 @@ def test_start_never_passes_end_on_the_sliders(qtbot):
     strength, start, end = sliders.values()
     assert start < end and (start, end) == (0.6, 0.61)
     GenerateRequest("x", control_start=start, control_end=end)  # a valid request
+
+
+@pytest.mark.parametrize("chosen, expected", [
+    ("models/control_v11p_sd15_scribble.safetensors",
+     "models/control_v11p_sd15_scribble.safetensors"),
+    ("models/scribble-net/config.json", "models/scribble-net"),
+])
+def test_browse_takes_a_controlnet_file_or_a_folder_by_its_config(qtbot, monkeypatch, tmp_path,
+                                                                  chosen, expected):
+    from PySide6.QtWidgets import QFileDialog
+
+    from app.control_panel import ControlPicker
+
+    picker = ControlPicker()
+    qtbot.addWidget(picker)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        lambda *args: (str(tmp_path / chosen), ""))
+    picker.browse_button.click()
+    assert picker.loader_options() == {"control": str(tmp_path / expected),
+                                       "control_type": None}

@@ -163,3 +163,45 @@ def write_single_file(folder: Path, family: str, path: Path) -> Path:
     save_file({key: value.contiguous() for key, value in
                folder_to_original(folder, family).items()}, str(path))
     return path
+
+
+def controlnet_to_original(state: dict, config: dict, prefix: str = "control_model.") -> dict:
+    """diffusers ControlNetModel keys -> the original ControlNet release layout under prefix:
+    the UNet-shaped encoder as a UNet's input and middle blocks, the control image embedding
+    as input_hint_block.N (convolutions at even N), the zero convolutions as zero_convs.N.0
+    and middle_block_out.0."""
+    hint_blocks = 1 + max((int(key.split(".")[2]) for key in state
+                           if key.startswith("controlnet_cond_embedding.blocks.")), default=-1)
+    encoder, original = {}, {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "controlnet_cond_embedding":
+            layer = {"conv_in": 0, "conv_out": 2 * hint_blocks + 2}.get(parts[1])
+            layer = 2 * int(parts[2]) + 2 if layer is None else layer
+            original[f"input_hint_block.{layer}.{parts[-1]}"] = value
+        elif parts[0] == "controlnet_down_blocks":
+            original[f"zero_convs.{parts[1]}.0.{parts[2]}"] = value
+        elif parts[0] == "controlnet_mid_block":
+            original[f"middle_block_out.0.{parts[1]}"] = value
+        else:
+            encoder[key] = value
+    unet_keys = unet_to_original(encoder, config)
+    original.update({key.removeprefix("model.diffusion_model."): value
+                     for key, value in unet_keys.items()})
+    return {prefix + key: value for key, value in original.items()}
+
+
+def write_controlnet_file(folder: Path, path: Path, prefix: str = "control_model.") -> Path:
+    """A diffusers ControlNet folder written as one original-layout file: .safetensors, or
+    a torch pickle (.pth) of a plain state dict."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((folder / "config.json").read_text())
+    weights = next(folder.glob("*.safetensors"))
+    original = {key: value.contiguous() for key, value in
+                controlnet_to_original(load_file(str(weights)), config, prefix).items()}
+    if path.suffix == ".safetensors":
+        save_file(original, str(path))
+    else:
+        torch.save(original, path)
+    return path

@@ -125,7 +125,7 @@ def test_a_control_model_for_another_base_model_is_refused(tiny_student_dir, tmp
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load(tiny_student_dir, tmp_path / "missing")
-    with pytest.raises(ModelLoadError, match="not a control model folder"):
+    with pytest.raises(ModelLoadError, match="is not a control model"):
         load(tiny_student_dir, tiny_student_dir)
 
 
