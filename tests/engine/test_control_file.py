@@ -160,8 +160,14 @@ def test_sd2_and_sdxl_controlnet_files_load_the_same_weights(tiny_family_models,
     folder = build_controlnet_like(backend.parts.unet, backend.latent_channels,
                                    tmp_path / "folder")
     control_file = write_controlnet_file(folder, tmp_path / f"{family}-canny.safetensors")
-    expected = load_control(folder, backend).network.state_dict()
+    from_folder = load_control(folder, backend)
+    expected = from_folder.network.state_dict()
     loaded = load_control(control_file, backend)
     assert loaded.control_type == "canny" and loaded.kind == "controlnet"
+    for name in ("block_out_channels", "down_block_types", "layers_per_block",
+                 "attention_head_dim", "cross_attention_dim", "use_linear_projection",
+                 "norm_num_groups", "addition_embed_type", "addition_time_embed_dim",
+                 "projection_class_embeddings_input_dim", "conditioning_embedding_out_channels"):
+        assert loaded.network.config[name] == from_folder.network.config[name], name
     assert expected.keys() == loaded.network.state_dict().keys()
     assert all(torch.equal(expected[key], loaded.network.state_dict()[key]) for key in expected)
