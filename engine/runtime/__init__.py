@@ -25,9 +25,6 @@ PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cud
                     "TensorrtExecutionProvider": "tensorrt", "DmlExecutionProvider": "directml",
                     "CoreMLExecutionProvider": "coreml", "OpenVINOExecutionProvider": "openvino"}
 ONNX_ONLY_DEVICES = ("tensorrt", "directml", "coreml", "openvino")  # "auto" picks onnx for them
-TORCH_ONLY_NOTICE = ("LoRAs and a fast decoder run on the PyTorch backend, so PyTorch runs "
-                     "this model instead of ONNX Runtime.")
-
 
 log = logging.getLogger("engine.runtime")
 _torch_threads_before_onnx: list[int] = []  # torch's count before an onnx backend lowered it
@@ -112,6 +109,18 @@ def torch_instead(model: str, device: str, options: ModelOptions | None, notice:
     return runtime
 
 
+def torch_only_reason(model: str, backend: str, options: ModelOptions | None, control: bool,
+                      loras: Sequence[LoraChoice], decoder: str | None) -> str | None:
+    """Why only PyTorch can run this request to load (control models, LoRAs, a fast decoder,
+    or what onnx_unsupported_reason names), or None when the onnx backends can."""
+    if control:
+        return (f"The {backend} backend does not run control models (ControlNet, T2I-Adapter) "
+                "yet")
+    if loras or decoder:
+        return "LoRAs and a fast decoder run on the PyTorch backend"
+    return onnx_unsupported_reason(model, options)
+
+
 def create_backend(model: str, backend: str = "torch", device: str = "auto",
                    onnx_threads: int | None = None, options: ModelOptions | None = None,
                    control: bool = False, loras: Sequence[LoraChoice] = (),
@@ -119,50 +128,45 @@ def create_backend(model: str, backend: str = "torch", device: str = "auto",
     """Load a model into the named backend ("auto": see choose_backend); onnx_threads sets
     onnxruntime's intra-op threads (default: one per physical core); options: see ModelOptions.
     control: a control model (ControlNet, T2I-Adapter) will run with it; loras and decoder:
-    LoRAs to fuse and a fast decoder folder. Only the torch backend runs these: onnx falls
-    back to torch with a logged notice, and auto chooses torch."""
-    if (loras or decoder) and backend in ("auto", "torch", *ONNX_BACKENDS):
-        onnx_only = device.split(":")[0] in ONNX_ONLY_DEVICES
-        runtime = create_backend(model, "torch", "auto" if onnx_only else device,
-                                 options=options, control=control)
-        if backend in ONNX_BACKENDS:
-            log.warning(TORCH_ONLY_NOTICE)
-            runtime.notice = TORCH_ONLY_NOTICE
-        if loras:
-            runtime.set_loras(list(loras))
-        if decoder:
-            runtime.set_decoder(decoder)
-        return runtime
-    if control and backend in ("auto", *ONNX_BACKENDS):
-        onnx_only = device.split(":")[0] in ONNX_ONLY_DEVICES
-        torch_device = "auto" if onnx_only else device
-        if backend == "auto":
-            log.info("auto chose PyTorch: only it runs control models.")
-            return create_backend(model, "torch", torch_device, options=options)
-        return torch_instead(model, torch_device, options,
-                             f"The {backend} backend does not run control models (ControlNet, "
-                             "T2I-Adapter) yet; running PyTorch instead.")
+    LoRAs to fuse and a fast decoder folder. What only PyTorch runs makes auto choose torch
+    and onnx fall back to torch with a logged notice."""
+    if backend not in ("auto", "torch", *ONNX_BACKENDS):
+        raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")
+    onnx_only_device = device.split(":")[0] in ONNX_ONLY_DEVICES
+    reason = None
+    if backend != "torch" and (control or loras or decoder or not onnx_only_device):
+        reason = torch_only_reason(model, backend, options, control, loras, decoder)
+    torch_device = "auto" if onnx_only_device else device
     if backend == "auto":
-        backend = choose_backend(model, device, options)
+        backend = "torch" if reason else choose_backend(model, device, options)
     if backend == "torch":
-        from engine.runtime.torch_backend import TorchBackend
+        runtime = load_torch_backend(model, torch_device if reason else device, options)
+    elif reason:
+        runtime = torch_instead(model, torch_device, options, f"{reason}; running PyTorch instead.")
+    else:
+        return load_onnx_backend(model, device, onnx_threads, backend, options)
+    if loras:
+        runtime.set_loras(list(loras))
+    if decoder:
+        runtime.set_decoder(decoder)
+    return runtime
 
-        restore_torch_threads()
-        return TorchBackend.load(model, device, options=options)
-    if backend in ONNX_BACKENDS:
-        if device.split(":")[0] not in ONNX_ONLY_DEVICES:
-            reason = onnx_unsupported_reason(model, options)
-            if reason:
-                return torch_instead(model, device, options,
-                                     f"{reason}; running PyTorch instead.")
-        try:
-            from engine.runtime.onnx_backend import OnnxBackend
-        except ModuleNotFoundError as error:
-            raise EngineError("The ONNX Runtime backend is not available in this build.") from error
-        from engine.runtime.onnx_backend import NoExportCacheError
 
-        try:
-            return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
-        except NoExportCacheError as error:  # a read-only model folder and home
-            return torch_instead(model, device, options, f"{error} Running PyTorch instead.")
-    raise EngineError(f"Unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}.")
+def load_torch_backend(model: str, device: str, options: ModelOptions | None):
+    from engine.runtime.torch_backend import TorchBackend
+
+    restore_torch_threads()
+    return TorchBackend.load(model, device, options=options)
+
+
+def load_onnx_backend(model: str, device: str, onnx_threads: int | None, backend: str,
+                      options: ModelOptions | None):
+    """An OnnxBackend, or torch with a notice when the export cache cannot be written."""
+    try:
+        from engine.runtime.onnx_backend import NoExportCacheError, OnnxBackend
+    except ModuleNotFoundError as error:
+        raise EngineError("The ONNX Runtime backend is not available in this build.") from error
+    try:
+        return OnnxBackend.load(model, device, onnx_threads, int8=backend == "onnx-int8")
+    except NoExportCacheError as error:  # a read-only model folder and home
+        return torch_instead(model, device, options, f"{error} Running PyTorch instead.")
