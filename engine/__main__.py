@@ -22,6 +22,7 @@ COMMANDS = {
     "train-evaluator": "engine.cli.train_evaluator",
     "train-recognizer": "engine.cli.train_recognizer",
     "smoothing": "engine.cli.smoothing",
+    "transfer": "engine.cli.transfer",
 }
 
 
