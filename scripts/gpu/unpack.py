@@ -3,8 +3,9 @@
 python scripts/gpu/unpack.py RESULTS_DIR [--into runs]
 -> from session.sh: runs/gpu-teacher/model (loadable teacher, MiniLM from its pip package),
    runs/gpu-student/student (loadable student); from refine.sh: runs/gpu-refine/student and
-   runs/gpu-refine/student-middle (the shipped teacher + the deltas that came back); plus the
-   runs' logs, samples and metrics.
+   runs/gpu-refine/student-middle (the deltas that came back + their teacher: with TEACHER_MIN
+   the further-trained one, unpacked to runs/gpu-teacher-more/model, else the shipped one); plus
+   the runs' logs, samples and metrics.
 """
 
 from __future__ import annotations
@@ -41,15 +42,36 @@ def joined_weights(results_dir: Path, name: str, target: Path) -> bool:
     return True
 
 
+def returned_teacher(results_dir: Path, runs: Path) -> Path | None:
+    """refine.sh with TEACHER_MIN: the further-trained teacher as runs/gpu-teacher-more/model
+    (MiniLM from its pip package); None when no teacher came back."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.embedded.export import export_model_folder
+
+    unet_dir = runs / "gpu-teacher-more" / "unet"
+    if not joined_weights(results_dir, "teacher-unet", unet_dir / WEIGHTS):
+        return None
+    shutil.copy(REPO / "assets" / "models" / "teacher" / "unet" / "config.json", unet_dir)
+    training_file = runs / "gpu-teacher-more" / "model" / "training.json"
+    training = json.loads(training_file.read_text()) if training_file.is_file() else {}
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir))
+    shutil.rmtree(unet_dir)
+    return export_model_folder(unet, REPO / "assets" / "models" / "teacher" / "vae",
+                               runs / "gpu-teacher-more" / "model", training)
+
+
 def unpack_refined(results_dir: Path, run: Path) -> None:
-    """refine.sh's deltas + the shipped teacher -> loadable student folders in run."""
+    """refine.sh's deltas + their teacher (the one that came back, else the shipped one) ->
+    loadable student folders in run."""
     from delta import applied
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load, load_file
 
     from engine.distill.run_folder import export_student
 
-    teacher_dir = REPO / "assets" / "models" / "teacher"
+    teacher_dir = returned_teacher(results_dir, run.parent) or REPO / "assets/models/teacher"
+    print(f"teacher: {teacher_dir}")
     teacher = load_file(str(teacher_dir / "unet" / WEIGHTS))
     student_json = json.loads((run / "student" / "student.json").read_text())
     for name, folder in (("student-delta", "student"), ("middle-delta", "student-middle")):
