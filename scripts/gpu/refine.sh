@@ -9,7 +9,7 @@
 # (recall), sends the new teacher back as teacher-unet.xz.part* and distills from the moved
 # student against the new teacher (its deltas are then to the new teacher).
 # Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT, CRITIC_WARMUP, EMA,
-# TEACHER_MIN, TEACHER_BATCH, TEACHER_LR, STUDENT_TIMESTEPS (the distill's student schedule,
+# TEACHER_MIN, TEACHER_BATCH, TEACHER_LR, RECALL_NAMES, PHRASES, STUDENT_TIMESTEPS (the distill's student schedule,
 # 999; 999,299 for the shipped two-step default).
 # The first H100 run (2026-11-26) ran BATCH=128 at ~1.2 steps/s, probably bound by kernel launches (not profiled; a 17M UNet
 # on 16x16 latents), so a larger batch should cost little more time per step.
@@ -19,6 +19,7 @@ STAGE=${STAGE:-/tmp/dmd}; MINUTES=${MINUTES:-5}; BATCH=${BATCH:-512}; LR=${LR:-3
 RATIO=${RATIO:-3}; PAIRS=${PAIRS:-2048}; EVERY=${STEPS_PER_CHECKPOINT:-200}
 CRITIC_WARMUP=${CRITIC_WARMUP:-100}; EMA=${EMA:-0.99}; STUDENT_TIMESTEPS=${STUDENT_TIMESTEPS:-999}
 TEACHER_MIN=${TEACHER_MIN:-0}; TEACHER_BATCH=${TEACHER_BATCH:-512}; TEACHER_LR=${TEACHER_LR:-3e-4}
+RECALL_NAMES=${RECALL_NAMES:-500}; PHRASES=${PHRASES:--1}
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 [ -f "$STAGE/pack/manifest.json" ] || { echo "no staged pack: run scripts/gpu/bench.sh first"; exit 1; }
@@ -45,10 +46,12 @@ $PY scripts/gpu/delta.py apply "$TEACHER/unet/$W" .gpu/models/student-delta.xz "
     exit 1
 recall() {  # recall MODEL NAME [flags]: recall_* and phrase_* by the shipped recognizer
     $PY -m engine eval --model "$1" --recall-only --device "${DEVICE:-cuda}" --json "${@:3}" \
+        --recall-names "$RECALL_NAMES" --phrases "$PHRASES" \
         > "$RUN/logs/eval-$2.json" 2> "$RUN/logs/eval-$2.log"
 }
 if [ "$TEACHER_MIN" != 0 ]; then
-    $PY -m engine train-teacher --data "$STAGE/pack" --init-from "$TEACHER" --out "$MORE" \
+    $PY -m engine train-teacher --data "$STAGE/pack" --init-from "$TEACHER" --vae "$TEACHER/vae" \
+        --out "$MORE" \
         --device "${DEVICE:-cuda}" --batch "$TEACHER_BATCH" --lr "$TEACHER_LR" --warmup 200 \
         --include-heldout --dedupe-steps 0 --max-minutes "$TEACHER_MIN" --save-every 100000 \
         --sample-every 1000 --export-every 100000 2>&1 | tr '\r' '\n' \
