@@ -89,6 +89,9 @@ class GenerateRequest:
     control_strength: float = 1.0  # multiplies the control model's residuals; 0: no control
     control_start: float = 0.0  # fraction of the steps where control starts acting
     control_end: float = 1.0  # fraction of the steps where it stops
+    # draw the prompt as the training prompt nearest in meaning, for models whose folder has a
+    # vocabulary (engine.pipeline.vocabulary); False draws it exactly as typed
+    match_prompt: bool = True
     request_id: int = 0  # set by GenerationService.submit
 
     def image_to_edit(self, sketch_channels: bool) -> np.ndarray | None:
@@ -159,6 +162,7 @@ class GenerateResult:
     request: GenerateRequest | None = None  # what was asked (with its id), set by the service
     loras: tuple[LoraChoice, ...] = ()  # the LoRAs fused in when it was drawn (with digests)
     decoder: str = ""  # the fast decoder folder that drew it, "" for the model's own
+    drawn_as: str = ""  # the training prompt the prompt was drawn as, "" when drawn as typed
 
     @property
     def ok(self) -> bool:

@@ -276,7 +276,9 @@ class GenerationService:
                 image, timings = generator.generate(request)
             else:
                 image, timings = generator.generate(request, interrupt)
-            return GenerateResult(request.request_id, image, timings, **names)
+            match = generator.drawn_as(request) if hasattr(generator, "drawn_as") else None
+            return GenerateResult(request.request_id, image, timings,
+                                  drawn_as=match.prompt if match else "", **names)
         except GenerationInterrupted:
             return None
         except EngineError as error:

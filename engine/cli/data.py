@@ -1,4 +1,5 @@
-"""`python -m engine data emoji|pack|phrases`: build the embedded dataset, its pack, its phrases."""
+"""`python -m engine data emoji|pack|phrases|vocabulary`: build the embedded dataset, its pack,
+its phrases, and a model folder's vocabulary."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ def add_parser(subparsers) -> None:
         "data",
         help="Build a training dataset (emoji: Noto Color Emoji glyphs, captions, sketches; "
              "pack: an emoji dataset pre-encoded into a small latent pack for a GPU machine).")
-    parser.add_argument("source", choices=["emoji", "pack", "phrases"],
+    parser.add_argument("source", choices=["emoji", "pack", "phrases", "vocabulary"],
                         help="emoji: render the dataset; pack: encode --data with --vae into a "
                              "latent pack (AE latents + a MiniLM pruned to the captions' "
                              "vocabulary, about 40 MB) that train-teacher --data and distill "
                              "--real-data accept where the images and the text-encoder package "
                              "are not installed; phrases: derive the names and keywords table "
                              "(--out FILE.json) from the CLDR annotations and emojibase npm "
-                             "packages (--cldr, --emojibase: their extracted package folders)")
+                             "packages (--cldr, --emojibase: their extracted package folders); "
+                             "vocabulary: write --out MODEL_DIR/vocabulary.safetensors, the "
+                             "--data captions and their emoji's names and keywords as the "
+                             "model's own sentence vectors, so that prompts in other words are "
+                             "drawn as the nearest of them")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder (replaced atomically)")
     parser.add_argument("--data", type=Path, default=Path("data/emoji"),
@@ -39,6 +44,8 @@ def run(args) -> int:
         return run_pack(args)
     if args.source == "phrases":
         return run_phrases(args)
+    if args.source == "vocabulary":
+        return run_vocabulary(args)
     from tqdm import tqdm
 
     from engine.embedded.dataset import build_dataset
@@ -94,4 +101,27 @@ def run_phrases(args) -> int:
     os.replace(temp, args.out)
     names = sum(len(e["names"]) for e in table["entries"])
     print(f"wrote {len(table['entries'])} emoji with {names} names to {args.out}")
+    return 0
+
+
+def run_vocabulary(args) -> int:
+    import torch
+
+    from engine.embedded.dataset import load_dataset
+    from engine.embedded.phrases import load_phrase_table
+    from engine.pipeline.vocabulary import VOCABULARY_FILE, vocabulary_pairs, write_vocabulary
+    from engine.runtime import create_backend
+
+    if not (args.out / "unet").is_dir():
+        raise EngineError(f"{args.out} is not a model folder; data vocabulary --out takes the "
+                          "model folder the vocabulary is for.")
+    backend = create_backend(str(args.out), "torch", "cpu")
+    pairs = vocabulary_pairs(list(load_dataset(args.data).captions), load_phrase_table())
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return torch.cat([backend.encode_text(texts[start:start + 256]).pooled.cpu()
+                          for start in range(0, len(texts), 256)])
+
+    count = write_vocabulary(args.out / VOCABULARY_FILE, pairs, encode)
+    print(f"wrote {count} entries to {args.out / VOCABULARY_FILE}")
     return 0

@@ -46,6 +46,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sketch", action="store_true",
                         help="draw each held-out caption over its held-out sketch (sketch mode); "
                              "sketch_f1 then says how closely the images follow the sketches")
+    parser.add_argument("--as-typed", action="store_true",
+                        help="draw every prompt exactly as written, without matching it to the "
+                             "model's vocabulary (the nearest training prompt; models whose "
+                             "folder has vocabulary.safetensors)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
@@ -74,9 +78,11 @@ def run(args) -> int:
         model = model_or_default(args.model)
         generate_one, steps = pipeline_generator(model, args.steps, args.teacher_steps,
                                                  args.guidance, args.device, 128,
-                                                 args.backend, timesteps, sketches=args.sketch)
+                                                 args.backend, timesteps, sketches=args.sketch,
+                                                 match_prompt=not args.as_typed)
     result = {"model": str(model), "steps": None if args.teacher_steps else steps,
-              "teacher_steps": args.teacher_steps, "guidance": args.guidance}
+              "teacher_steps": args.teacher_steps, "guidance": args.guidance,
+              "as_typed": args.as_typed}
     data = None
     if not args.recall_only:
         evaluator = load_evaluator(args.evaluator)  # its absence is the likelier mistake

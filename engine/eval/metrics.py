@@ -78,7 +78,8 @@ def generate_images(generate_one: Callable[..., np.ndarray], captions: list[str]
 def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int = 0,
                        guidance: float = 4.0, device: str = "cpu", size: int = 128,
                        backend: str = "torch", timesteps: list[int] | None = None,
-                       sketches: bool = False) -> tuple[Callable[..., np.ndarray], int]:
+                       sketches: bool = False, match_prompt: bool = True
+                       ) -> tuple[Callable[..., np.ndarray], int]:
     """(generate_one(caption, seed, sketch=None) over the engine's Generator, the student
     steps it uses: `steps`, or the count the student was distilled for); `timesteps` replaces
     the student's own schedule (student.json "timesteps") for this run; `sketches` asks for a
@@ -103,7 +104,8 @@ def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int 
         if sketch is not None and sketch.ndim == 2:
             sketch = np.repeat(sketch[..., None], 3, axis=-1)
         request = GenerateRequest(prompt=caption, seed=seed, steps=steps, sketch=sketch,
-                                  teacher_steps=teacher_steps, guidance=guidance)
+                                  teacher_steps=teacher_steps, guidance=guidance,
+                                  match_prompt=match_prompt)
         image, _ = generator.generate(request)
         if image.shape[0] != size:
             resized = Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS)

@@ -37,6 +37,7 @@ from engine.pipeline.images import (
     to_rgb_array,
 )
 from engine.pipeline.masking import composite, keep_outside, mask_weights
+from engine.pipeline.vocabulary import Match, PromptVocabulary, load_vocabulary
 from engine.runtime.loading import read_prompt_suggestions
 from engine.runtime.text import TextEmbedding
 from engine.untrusted import MAX_PROMPT_CHARS, check_request, clean_prompt
@@ -81,6 +82,7 @@ class Generator:
         self.one_step_smoothing = float(config.get("one_step_smoothing") or 0.0)
         self._teacher: Generator | None = None
         self._prompt_suggestions: list[str] | None = None
+        self._vocabulary: PromptVocabulary | None | bool = False  # False: not read yet
 
     def clear_caches(self) -> None:
         """Forget text embeddings and first steps (benchmarks time the work, not the caches)."""
@@ -132,6 +134,19 @@ class Generator:
             folder = getattr(self.backend, "model_dir", None)
             self._prompt_suggestions = read_prompt_suggestions(folder) if folder else []
         return self._prompt_suggestions
+
+    @property
+    def vocabulary(self) -> PromptVocabulary | None:
+        """The model folder's vocabulary (engine.pipeline.vocabulary), None without one."""
+        if self._vocabulary is False:
+            self._vocabulary = load_vocabulary(getattr(self.backend, "model_dir", None))
+        return self._vocabulary
+
+    def drawn_as(self, request: GenerateRequest) -> Match | None:
+        """The training prompt a request's prompt is drawn as; None: drawn as typed."""
+        if not request.match_prompt or self.vocabulary is None:
+            return None
+        return self.vocabulary.match(request.prompt, self.encode_prompt(request.prompt).pooled)
 
     @property
     def control_info(self) -> tuple[str, str] | None:
@@ -244,6 +259,9 @@ class Generator:
             return self.teacher().generate(request, interrupt, full_decoder)
         backend, sync = self.backend, self.backend.synchronize
         start = time.perf_counter()
+        match = self.drawn_as(request)
+        if match is not None:  # every cache below is keyed by what is drawn
+            request = replace(request, prompt=match.prompt)
         text = self.encode_prompt(request.prompt)
         uncond = self.encode_prompt("") if request.teacher_steps else None
         sync()

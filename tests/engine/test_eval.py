@@ -100,8 +100,9 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     asked = {}
 
     def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend,
-                                timesteps, sketches):
-        asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance)
+                                timesteps, sketches, match_prompt):
+        asked.update(model=model, steps=steps, teacher_steps=teacher_steps, guidance=guidance,
+                     match_prompt=match_prompt)
         blank = lambda caption, seed: np.full((size, size, 3), 255, np.uint8)  # noqa: E731
         return blank, steps or 4  # as a four-step student would
 
@@ -110,7 +111,9 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
                  "--json", "--data", str(tmp_path / "data"), "--evaluator", str(tmp_path / "ev")])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip())
-    assert asked == {"model": str(tmp_path), "steps": None, "teacher_steps": 3, "guidance": 2.5}
+    assert asked == {"model": str(tmp_path), "steps": None, "teacher_steps": 3, "guidance": 2.5,
+                     "match_prompt": True}
+    assert result["as_typed"] is False
     assert result["steps"] is None and result["teacher_steps"] == 3  # a teacher run
     assert result["fd"] > 1e-3  # blank images are far from the real ones
     assert result["seconds_per_image"] > 0 and result["images"] == 6  # timed, not the real 0
@@ -135,7 +138,7 @@ def test_eval_recall_only_needs_no_dataset_and_real_renders_score_high(tmp_path,
     font, char_of = load_font(None), {caption: char for char, caption in list_emoji()}
 
     def fake_pipeline_generator(model, steps, teacher_steps, guidance, device, size, backend,
-                                timesteps, sketches):
+                                timesteps, sketches, match_prompt):
         def draw(prompt, seed):
             if prompt in KNOWN:
                 return render_emoji(char_of[prompt], font)
