@@ -59,6 +59,7 @@ class LiveEngine(QObject):
         self.is_student = True
         self.default_steps = 1
         self.prompt_suggestions: list[str] = []
+        self.has_vocabulary = False
         self.loras: list[LoraChoice] = []  # what the user chose (re-applied to a new model)
         self.applied_loras: tuple[LoraChoice, ...] = ()  # what the model runs with now
         self.decoder = ""  # the fast decoder folder chosen, "" for the model's VAE
@@ -96,6 +97,8 @@ class LiveEngine(QObject):
         self.default_steps = int(getattr(generator, "default_steps", 1))
         # Prompts the model draws well (its prompts.txt); the live tab offers them.
         self.prompt_suggestions = list(getattr(generator, "prompt_suggestions", None) or [])
+        # Whether it draws prompts in other words as its nearest training prompt.
+        self.has_vocabulary = getattr(generator, "vocabulary", None) is not None
         self.applied_loras = ()
         if self.loras:  # the user's LoRAs and decoder carry over to the new model
             self.set_loras(self.loras)

@@ -45,6 +45,14 @@ class GenerationControlsMixin:
         self.surprise_button.setToolTip("A random prompt from the ones this model suggests "
                                         "(its prompts.txt); they also drop down as you type.")
         self.surprise_button.setEnabled(False)
+        self.match_box = QCheckBox("Match known prompts")
+        self.match_box.setToolTip(
+            "Draw a prompt written in other words as the nearest prompt this model was trained "
+            "on (\"a crunchy beef taco\" as \"taco\"), by the meaning its text encoder gives "
+            "them; the meter says what a frame was drawn as. Off: draw the prompt exactly as "
+            "typed. Shown for models that ship a vocabulary, such as the embedded one.")
+        self.match_box.setChecked(self.settings.match_prompt)
+        self.match_box.setVisible(False)
 
     def _build_generation_controls(self) -> None:
         self.mode_combo = QComboBox()
@@ -95,6 +103,7 @@ class GenerationControlsMixin:
     def _prompt_row(self) -> QHBoxLayout:
         prompt_row = QHBoxLayout()
         prompt_row.addWidget(self.prompt_edit, 1)
+        prompt_row.addWidget(self.match_box)
         prompt_row.addWidget(self.surprise_button)
         return prompt_row
 
@@ -119,6 +128,7 @@ class GenerationControlsMixin:
         self.mode_combo.currentIndexChanged.connect(self.submit_current)
         self.strength_slider.valueChanged.connect(self._on_strength_changed)
         self.masked_box.toggled.connect(self._on_masked_toggled)
+        self.match_box.toggled.connect(self._on_match_toggled)
         self.control_sliders.changed.connect(self._on_control_changed)
         self.steps_combo.currentIndexChanged.connect(self.submit_current)
         self.steps_combo.currentIndexChanged.connect(self._on_steps_changed)
@@ -162,6 +172,10 @@ class GenerationControlsMixin:
         self.strength_label.setText(f"{value / 100:.2f}")
         if self.mode != "text":
             self.submit_current()
+
+    def _on_match_toggled(self, match: bool) -> None:
+        self.settings.match_prompt = match
+        self.submit_current()
 
     def _on_masked_toggled(self, masked: bool) -> None:
         self.settings.masked_edit = masked

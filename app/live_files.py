@@ -116,11 +116,13 @@ class FilesAndRecipesMixin:
         if wanted != [(lora.path, lora.weight) for lora in self.engine.loras]:
             self.engine.set_loras(list(recipe.loras))  # the Engine tab's list follows
         inputs = (self.prompt_edit, self.seed_spin, self.steps_combo, self.mode_combo,
-                  self.strength_slider, self.masked_box, self.canvas)
+                  self.strength_slider, self.masked_box, self.match_box, self.canvas)
         for widget in inputs:
             widget.blockSignals(True)
         try:
             self.prompt_edit.setText(recipe.prompt)
+            self.match_box.setChecked(recipe.match_prompt)
+            self.settings.match_prompt = recipe.match_prompt
             self.seed_lock.setChecked(True)
             seed = min(max(recipe.seed, 0), MAX_SEED)
             self.seed_spin.setValue(seed)

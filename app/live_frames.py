@@ -69,6 +69,7 @@ class FrameResultsMixin:
         self.suggestions.setStringList(self.engine.prompt_suggestions)
         self.control_sliders.setVisible(self.engine.control_info is not None)
         self.surprise_button.setEnabled(bool(self.engine.prompt_suggestions))
+        self.match_box.setVisible(self.engine.has_vocabulary)
         index = self.steps_combo.findData(self.engine.default_steps)
         if index >= 0:
             self.steps_combo.blockSignals(True)  # one frame for the new model, below

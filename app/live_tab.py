@@ -147,6 +147,7 @@ class LiveTab(GenerationControlsMixin, CanvasToolsMixin, FrameResultsMixin, File
         control = self.control_request_fields(mode)
         return GenerateRequest(
             prompt=self.prompt_edit.text(),
+            match_prompt=self.match_box.isChecked(),
             seed=self.seed_spin.value(),
             steps=steps,
             preview_steps=1 if preview != "off" and steps > 1 else 0,

@@ -42,5 +42,6 @@ def format_meter(result: GenerateResult, shown_fps: float | None = None) -> str:
     size = f"{result.image.shape[1]}×{result.image.shape[0]} px" if result.image is not None \
         else ""
     shown = f"  |  shown {shown_fps:.1f} FPS" if shown_fps is not None else ""
+    drawn = f"  |  drawn as “{result.drawn_as}”" if result.drawn_as else ""
     return (f"{' · '.join(stages)} ms  |  total {timings.total_ms:.1f} ms ({fps:.0f} FPS max)"
-            f"{shown}  |  {where}  |  {size}")
+            f"{shown}  |  {where}  |  {size}{drawn}")

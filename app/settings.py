@@ -64,6 +64,7 @@ class AppSettings:
     brush_size: int = 6  # sketch pixels (sketch layer is 256 px)
     smooth_display: bool = True  # canvas: smooth scaling of the frame (False: square pixels)
     masked_edit: bool = False  # image edit: redraw only the painted area
+    match_prompt: bool = True  # draw prompts as the model's nearest training prompt
     brush_colour: str = "#000000"
     preview: str = "auto"  # multi-step frames: "auto" (a 1-step frame first only when the full
     # one is slow), "always" or "off"

@@ -72,6 +72,9 @@ class Recipe:
     control_end: float = 1.0
     loras: tuple[LoraChoice, ...] = ()  # fused LoRAs: path, weight and the file's SHA-256
     decoder: str = ""  # the fast decoder folder that decoded it, "" for the model's VAE
+    # drawn as the nearest training prompt (a model vocabulary); recipes older than this
+    # field were drawn as typed
+    match_prompt: bool = False
 
     @classmethod
     def from_request(cls, request: GenerateRequest, model: str = "", backend: str = "",
@@ -93,7 +96,7 @@ class Recipe:
                    control_image=request.control_image,
                    control_strength=request.control_strength,
                    control_start=request.control_start, control_end=request.control_end,
-                   loras=tuple(loras), decoder=decoder)
+                   loras=tuple(loras), decoder=decoder, match_prompt=request.match_prompt)
 
     def request(self) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, seed=self.seed, steps=self.steps,
@@ -102,7 +105,8 @@ class Recipe:
                                init_image=self.init_image, mask=self.mask,
                                control_image=self.control_image,
                                control_strength=self.control_strength,
-                               control_start=self.control_start, control_end=self.control_end)
+                               control_start=self.control_start, control_end=self.control_end,
+                               match_prompt=self.match_prompt)
 
     def describe(self) -> str:
         """One line: '"red apple", seed 7, 2 steps' (and the mode, sampler and model)."""
@@ -155,8 +159,16 @@ IMAGE_MODES = {"sketch": "RGB", "init_image": "RGB", "mask": "L",  # stored as P
 FIELD_TYPES = {"prompt": str, "seed": int, "steps": int, "mode": str, "strength": float,
                "teacher_steps": int, "guidance": float, "model": str, "backend": str,
                "control_model": str, "control_type": str, "control_strength": float,
-               "control_start": float, "control_end": float, "decoder": str}
+               "control_start": float, "control_end": float, "decoder": str,
+               "match_prompt": lambda value: as_bool(value, "match_prompt")}
 MAX_RECIPE_LORAS = 16
+
+
+def as_bool(value, name: str) -> bool:
+    """A JSON true/false; anything else is a damaged recipe."""
+    if not isinstance(value, bool):
+        raise ValueError(f"its {name} is not true or false")
+    return value
 
 
 def read_loras(values: list) -> tuple[LoraChoice, ...]:

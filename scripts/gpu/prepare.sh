@@ -5,8 +5,8 @@
 # `prepare.sh refine` also writes .gpu/models for the two-call refine instead
 # (docs/gpu-session.md).
 set -euo pipefail
-# The shipped UNet weights and the docs' images need not travel to the GPU host.
-AWAY='^(assets/models/[a-z]*/unet/diffusion_pytorch_model\.safetensors|docs/[^/]*\.(png|gif))$'
+# The shipped UNet weights, vocabularies and the docs' images need not travel to the GPU host.
+AWAY='^(assets/models/[a-z]*/unet/diffusion_pytorch_model\.safetensors|assets/models/[a-z]*/vocabulary\.safetensors|docs/[^/]*\.(png|gif))$'
 STASH=${STASH:-/tmp/dmd-away}
 if [ "${1:-}" = away ] || [ "${1:-}" = back ]; then  # move what need not travel out and back
     if [ "$1" = away ]; then

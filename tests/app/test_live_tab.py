@@ -269,3 +269,34 @@ def test_the_meter_shows_the_cost_rate_and_the_rate_frames_are_shown_at():
     assert "total 16.0 ms (62 FPS max)  |  shown 20.0 FPS  |  onnx/cpu" in format_meter(result,
                                                                                       20.0)
     assert "shown" not in format_meter(result)
+
+
+class VocabularyGenerator(FakeGenerator):
+    """A fake model with a vocabulary: "a crunchy taco" is drawn as "taco"."""
+
+    vocabulary = object()
+
+    def drawn_as(self, request):
+        from engine.pipeline.vocabulary import Match
+
+        if request.match_prompt and request.prompt == "a crunchy taco":
+            return Match("taco", "taco", 0.8)
+        return None
+
+
+def test_matching_is_offered_for_a_model_with_a_vocabulary_and_the_meter_names_the_match(
+        make_window, qtbot):
+    window = make_window(VocabularyGenerator())
+    tab = window.live_tab
+    qtbot.waitUntil(lambda: not tab.match_box.isHidden(), timeout=10_000)
+    assert tab.match_box.isChecked()
+    tab.prompt_edit.setText("a crunchy taco")
+    wait_for_frame(qtbot, window, lambda request: request.prompt == "a crunchy taco")
+    qtbot.waitUntil(lambda: "drawn as “taco”" in tab.meter.text(), timeout=10_000)
+    tab.match_box.setChecked(False)  # a frame drawn as typed follows
+    wait_for_frame(qtbot, window, lambda request: not request.match_prompt)
+    qtbot.waitUntil(lambda: "drawn as" not in tab.meter.text(), timeout=10_000)
+    assert window.settings.match_prompt is False
+    assert tab.frame_recipe.match_prompt is False
+    window.live_tab.engine.set_generator(FakeGenerator(), "no vocabulary")
+    qtbot.waitUntil(lambda: tab.match_box.isHidden(), timeout=10_000)

@@ -128,3 +128,15 @@ def test_info_image_prints_the_recipe_without_its_pixels(tiny_model_dir, tmp_pat
     plain = tmp_path / "plain.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plain)
     assert_clean_error(run_in_process(capsys, "info", "--image", plain), "no DMD Studio recipe")
+
+
+def test_prompt_matching_is_recorded_and_older_recipes_were_drawn_as_typed():
+    matched = Recipe.from_request(GenerateRequest(prompt="a crunchy taco"))
+    assert Recipe.from_text(matched.to_text()).request().match_prompt is True
+    as_typed = Recipe.from_request(GenerateRequest(prompt="taco", match_prompt=False))
+    assert Recipe.from_text(as_typed.to_text()).match_prompt is False
+    older = Recipe.from_text(json.dumps({"version": 1, "prompt": "x", "mode": "text"}))
+    assert older.request().match_prompt is False
+    with pytest.raises(EngineError, match="match_prompt is not true or false"):
+        Recipe.from_text(json.dumps({"version": 1, "prompt": "x", "mode": "text",
+                                     "match_prompt": "yes"}))
