@@ -41,6 +41,10 @@ def add_parser(subparsers) -> None:
                         help="draw again the frame an image saved by DMD Studio records (its "
                              "prompt, seed, steps, sketch...; the other flags given here "
                              "override it)")
+    parser.add_argument("--as-typed", action="store_const", const=False, dest="match_prompt",
+                        help="draw the prompt exactly as written; by default a model that "
+                             "ships a vocabulary (the embedded ones) draws it as its nearest "
+                             "training prompt (\"a crunchy beef taco\" as \"taco\")")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default 0)")
     parser.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
                         help="student steps (default: the count the student was distilled "
@@ -173,7 +177,8 @@ def base_request(args: argparse.Namespace) -> GenerateRequest:
               "teacher_steps": args.teacher_steps, "guidance": args.guidance,
               "init_image": init_image, "sketch": sketch, "mask": mask,
               "control_image": control_image, "control_strength": args.control_strength,
-              "control_start": args.control_start, "control_end": args.control_end}
+              "control_start": args.control_start, "control_end": args.control_end,
+              "match_prompt": args.match_prompt}
     request = replace(base, **{name: value for name, value in chosen.items() if value is not None})
     if request.init_image is None and request.sketch is None:
         request = replace(request, strength=1.0)  # the strength only edits images
@@ -217,23 +222,27 @@ def run(args: argparse.Namespace) -> int:
     control = generator.control
     control_model, control_type = (str(args.control), control.control_type) if control else ("", "")
 
-    def draw(prompt: str, path: Path) -> float:
+    def draw(prompt: str, path: Path) -> tuple[float, str]:
+        """(milliseconds, the training prompt it was drawn as or "")."""
         request = replace(base, prompt=prompt)
         image, timings = generator.generate(request)
         save_png(image, path, Recipe.from_request(request, model, args.backend, control_model,
                                                   control_type, loras=generator.loras,
                                                   decoder=generator.decoder))
-        return timings.total_ms
+        match = generator.drawn_as(request)
+        return timings.total_ms, match.prompt if match else ""
 
     if args.prompts is None:
-        milliseconds = draw(base.prompt, args.out)
-        print(f"wrote {args.out} ({milliseconds:.0f} ms)")
+        milliseconds, drawn_as = draw(base.prompt, args.out)
+        note = f", drawn as {json.dumps(drawn_as, ensure_ascii=False)}" if drawn_as else ""
+        print(f"wrote {args.out} ({milliseconds:.0f} ms{note})")
         return 0
     index = {}
     for number, prompt in enumerate(prompts):
         name = f"{number:04d}.png"
-        draw(prompt, args.out / name)
-        index[name] = {"prompt": prompt, "seed": base.seed}
+        _, drawn_as = draw(prompt, args.out / name)
+        index[name] = {"prompt": prompt, "seed": base.seed, **({"drawn_as": drawn_as}
+                                                                 if drawn_as else {})}
     text = json.dumps(index, indent=1, ensure_ascii=False)
     write_atomic(args.out / "index.json", lambda temporary: temporary.write_text(text, "utf-8"))
     print(f"wrote {len(prompts)} images and index.json to {args.out}")

@@ -141,3 +141,33 @@ def test_data_vocabulary_writes_the_captions_as_sentence_vectors(
                              "--data", tmp_path / "data")
     assert_clean_error(refused, "is not a model folder")
     assert json.loads(json.dumps(vocabulary.prompts)) == vocabulary.entries
+
+
+def test_the_shipped_vocabulary_is_the_shipped_text_encoders(one_thread):
+    from engine.runtime.loading import ASSETS_DIR
+
+    generator = Generator(create_backend(str(ASSETS_DIR / "student"), "torch", "cpu"))
+    vocabulary = generator.vocabulary
+    assert len(vocabulary.entries) > 6000 and "taco" in vocabulary.entries
+    picks = [0, len(vocabulary.entries) // 2, len(vocabulary.entries) - 1]
+    texts = [vocabulary.entries[index] for index in picks]
+    pooled = torch.nn.functional.normalize(generator.backend.encode_text(texts).pooled.float(),
+                                           dim=-1)
+    cosines = (pooled * vocabulary.vectors[picks]).sum(dim=-1)
+    assert cosines.min() > 0.999  # rebuilt with `data vocabulary` when the encoder changes
+    teacher = load_vocabulary(ASSETS_DIR / "teacher")
+    assert teacher.entries == vocabulary.entries
+
+
+def test_generate_says_what_the_embedded_student_drew(tmp_path, capsys, one_thread):
+    from engine.recipe import read_recipe
+
+    matched, typed = tmp_path / "matched.png", tmp_path / "typed.png"
+    result = run_in_process(capsys, "generate", "--prompt", "a crunchy beef taco",
+                            "--backend", "torch", "--out", matched)
+    assert result.returncode == 0, result.stderr
+    assert 'drawn as "taco"' in result.stdout and read_recipe(matched).match_prompt
+    result = run_in_process(capsys, "generate", "--prompt", "a crunchy beef taco", "--as-typed",
+                            "--backend", "torch", "--out", typed)
+    assert result.returncode == 0 and "drawn as" not in result.stdout
+    assert read_recipe(typed).match_prompt is False
