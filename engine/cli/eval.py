@@ -82,7 +82,7 @@ def run(args) -> int:
                                                  match_prompt=not args.as_typed)
     result = {"model": str(model), "steps": None if args.teacher_steps else steps,
               "teacher_steps": args.teacher_steps, "guidance": args.guidance,
-              "as_typed": args.as_typed}
+              "prompt_matching": getattr(generate_one, "prompt_matching", False)}
     data = None
     if not args.recall_only:
         evaluator = load_evaluator(args.evaluator)  # its absence is the likelier mistake

@@ -112,4 +112,6 @@ def pipeline_generator(model: str, steps: int | None = None, teacher_steps: int 
             image = np.asarray(resized)
         return image
 
+    # whether prompts are drawn as the model's nearest training prompt (it has a vocabulary)
+    generate_one.prompt_matching = match_prompt and generator.vocabulary is not None
     return generate_one, steps

@@ -113,7 +113,7 @@ def test_eval_cli_scores_generated_images_with_timing(tmp_path, capsys, monkeypa
     result = json.loads(capsys.readouterr().out.strip())
     assert asked == {"model": str(tmp_path), "steps": None, "teacher_steps": 3, "guidance": 2.5,
                      "match_prompt": True}
-    assert result["as_typed"] is False
+    assert result["prompt_matching"] is False  # the fake model has no vocabulary
     assert result["steps"] is None and result["teacher_steps"] == 3  # a teacher run
     assert result["fd"] > 1e-3  # blank images are far from the real ones
     assert result["seconds_per_image"] > 0 and result["images"] == 6  # timed, not the real 0
