@@ -3,7 +3,9 @@
 python scripts/phrase_grid.py --teacher DIR --student DIR --out docs/NAME.png
 -> 16 hand-written evaluation prompts (two per group, the same every time) in two blocks of
    eight columns; in each block the teacher (20-step DDIM + CFG 4) over the student at its
-   own step count, seed 0; each column headed by its prompt.
+   own step count, seed 0, both matching the prompt to their vocabulary as the app does
+   (--as-typed: a third row, the student drawing the prompt exactly as written); each column
+   headed by its prompt.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> int:
     parser.add_argument("--teacher-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--as-typed", action="store_true",
+                        help="add a row: the student drawing each prompt exactly as written")
     args = parser.parse_args()
     prompts = pick_prompts(load_eval_phrases())
     teacher = Generator(create_backend(args.teacher, "torch", "cpu"))
@@ -57,6 +61,8 @@ def main() -> int:
         texts = prompts[start:start + 8]
         rows = [row(teacher, texts, teacher_steps=args.teacher_steps, guidance=args.guidance),
                 row(student, texts)]
+        if args.as_typed:
+            rows.append(row(student, texts, match_prompt=False))
         blocks.append(labelled_grid(rows, texts))
     width = max(block.width for block in blocks)
     grid = Image.new("RGB", (width, sum(block.height for block in blocks)), "white")
