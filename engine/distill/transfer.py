@@ -95,7 +95,8 @@ def transfer_student(student: str, teacher_before: str, teacher_after: str, out:
     config = student_config_of(student)
     record = {"teacher_before": teacher_before, "teacher_after": teacher_after,
               "weight": weight, "date": datetime.date.today().isoformat()}
-    config["transfers"] = [*config.get("transfers", []), record]
+    earlier = config.get("transfers")
+    config["transfers"] = [*(earlier if isinstance(earlier, list) else []), record]
     whole_model = is_model_folder(student)
     if whole_model and "teacher" in config:
         config["teacher"] = teacher_after
