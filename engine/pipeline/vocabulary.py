@@ -100,15 +100,20 @@ def vocabulary_pairs(captions: list[str], table: dict) -> list[tuple[str, str]]:
 
 
 def write_vocabulary(path: Path, pairs: list[tuple[str, str]], encode) -> int:
-    """Write VOCABULARY_FILE at path: encode(texts) -> (N, D) pooled vectors; returns N."""
-    from safetensors.torch import save_file
+    """Write VOCABULARY_FILE at path (atomically: a temporary file renamed over it):
+    encode(texts) -> (N, D) pooled vectors; returns N."""
+    import os
 
-    from engine.cli.generate import write_atomic
+    from safetensors.torch import save_file
 
     entries = [entry for entry, _ in pairs]
     vectors = torch.nn.functional.normalize(encode(entries).float(), dim=-1)
     metadata = {"entries": json.dumps(entries, ensure_ascii=False),
                 "prompts": json.dumps([prompt for _, prompt in pairs], ensure_ascii=False)}
-    write_atomic(Path(path), lambda temporary: save_file(
-        {"vectors": vectors.half().contiguous()}, str(temporary), metadata=metadata))
+    temporary = Path(path).with_name(f".{Path(path).name}.tmp")
+    try:
+        save_file({"vectors": vectors.half().contiguous()}, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return len(entries)
