@@ -74,6 +74,7 @@ class Generator:
         self.text_cache = LruCache(text_cache_size)
         self.latent_cache = LruCache(latent_cache_size)
         self.first_step_cache = LruCache(4)  # (prompt, seed, sketch, t) -> first student x0
+        self.match_cache = LruCache(text_cache_size)  # typed prompt -> its vocabulary Match
         config = backend.student_config
         top = self.schedule.num_train_timesteps
         self.default_timesteps = list(config.get("timesteps") or student_timesteps(1, top))
@@ -85,8 +86,10 @@ class Generator:
         self._vocabulary: PromptVocabulary | None | bool = False  # False: not read yet
 
     def clear_caches(self) -> None:
-        """Forget text embeddings and first steps (benchmarks time the work, not the caches)."""
+        """Forget text embeddings, matches and first steps (benchmarks time the work, not the
+        caches)."""
         self.text_cache.entries.clear()
+        self.match_cache.entries.clear()
         self.first_step_cache.entries.clear()
         self.control_cache.entries.clear()
 
@@ -143,10 +146,17 @@ class Generator:
         return self._vocabulary
 
     def drawn_as(self, request: GenerateRequest) -> Match | None:
-        """The training prompt a request's prompt is drawn as; None: drawn as typed."""
+        """The training prompt a request's prompt is drawn as; None: drawn as typed. Worked
+        out once per prompt: generate and the service that reports it both ask."""
         if not request.match_prompt or self.vocabulary is None:
             return None
-        return self.vocabulary.match(request.prompt, self.encode_prompt(request.prompt).pooled)
+        cached = self.match_cache.get(request.prompt)
+        if cached is None:
+            match = self.vocabulary.match(request.prompt,
+                                          self.encode_prompt(request.prompt).pooled)
+            cached = (match,)  # a 1-tuple, so that "drawn as typed" (None) is cached too
+            self.match_cache.put(request.prompt, cached)
+        return cached[0]
 
     @property
     def control_info(self) -> tuple[str, str] | None:
