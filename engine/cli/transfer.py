@@ -36,6 +36,10 @@ def add_parser(subparsers) -> None:
                              "--unet OUT")
     parser.add_argument("--weight", type=float, default=1.0,
                         help="how much of the teacher's change to add (default 1: all of it)")
+    parser.add_argument("--distillation-weight", type=float, default=1.0,
+                        help="how much of the distillation's own change (student - "
+                             "teacher-before) to keep (default 1: all of it; below 1 moves "
+                             "the student toward teacher-after)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
                         help="dtype the UNets are loaded and saved in (default fp16, as models "
                              "ship; the sum is computed in fp32)")
@@ -58,10 +62,16 @@ def run(args) -> int:
     if not math.isfinite(args.weight) or not 0 <= args.weight <= 4:
         raise EngineError("--weight must be a number from 0 to 4 (1 adds the teacher's whole "
                           "change).")
+    if not math.isfinite(args.distillation_weight) or not 0 <= args.distillation_weight <= 4:
+        raise EngineError("--distillation-weight must be a number from 0 to 4 (1 keeps the "
+                          "distillation's whole change).")
     if args.out.exists() and not replaces_student(args.out, args.student):
         raise EngineError(f"{args.out} already exists; choose a new --out folder (or the "
                           "student's own folder, to update it in place).")
     transfer_student(args.student, args.teacher_before, args.teacher_after, args.out,
-                     args.weight, getattr(torch, PRECISIONS[args.precision]))
-    print(f"wrote {args.out}: the student plus {args.weight:g} x the teacher's change")
+                     args.weight, getattr(torch, PRECISIONS[args.precision]),
+                     args.distillation_weight)
+    kept = ("" if args.distillation_weight == 1
+            else f", keeping {args.distillation_weight:g} x the distillation's change")
+    print(f"wrote {args.out}: the student plus {args.weight:g} x the teacher's change{kept}")
     return 0

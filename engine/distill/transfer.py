@@ -1,12 +1,18 @@
 """Carry a distilled student over to a further-trained or fine-tuned teacher without
-distilling again: student' = student + w (teacher_after - teacher_before), tensor by tensor.
+distilling again, tensor by tensor:
+
+    student' = teacher_before + a (student - teacher_before) + w (teacher_after - teacher_before)
+
+(a = 1: student + w (teacher_after - teacher_before)).
 
 This is task arithmetic (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023):
 the weight difference that turned teacher_before into teacher_after is added to a student
 that was distilled from teacher_before. LCM-LoRA (Luo et al. 2023) showed the converse, that
 a distillation's weight difference carries over to fine-tunes of its base. It works when
 the student stays close to its teacher in weight space, as a DMD student initialised from
-its teacher does.
+its teacher does. a below 1 keeps only part of the distillation's own change; after the
+embedded teacher trained on, that drew more emoji right than a = 1 (docs/embedded-training.md,
+4d).
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ def load_unet(source: str, base_unet, pooled_width: int | None, dtype: torch.dty
     return load_unet_file(source, base_unet, pooled_width, dtype)
 
 
-def transferred_state(student: dict, before: dict, after: dict, weight: float) -> dict:
-    """student + weight * (after - before) for every floating tensor, computed in float32 and
-    kept in the student's dtype; the three state dicts must share keys and shapes."""
+def transferred_state(student: dict, before: dict, after: dict, weight: float,
+                      distillation_weight: float = 1.0) -> dict:
+    """student + weight (after - before) - (1 - distillation_weight) (student - before) for
+    every floating tensor (the module's formula), computed in float32 and kept in the
+    student's dtype; the three state dicts must share keys and shapes."""
     if student.keys() != before.keys() or student.keys() != after.keys():
         differing = sorted(set(student) ^ set(before) | set(student) ^ set(after))
         raise ModelLoadError(f"The student and the two teachers are not one UNet architecture "
@@ -59,8 +67,10 @@ def transferred_state(student: dict, before: dict, after: dict, weight: float) -
         if not tensor.is_floating_point():
             state[key] = tensor
             continue
-        change = after[key].float() - before[key].float()
-        state[key] = (tensor.float() + weight * change).to(tensor.dtype)
+        value = tensor.float() + weight * (after[key].float() - before[key].float())
+        if distillation_weight != 1:
+            value -= (1 - distillation_weight) * (tensor.float() - before[key].float())
+        state[key] = value.to(tensor.dtype)
     return state
 
 
@@ -75,7 +85,8 @@ def student_config_of(source: str) -> dict:
 
 
 def transfer_student(student: str, teacher_before: str, teacher_after: str, out: Path,
-                     weight: float = 1.0, dtype: torch.dtype = torch.float32) -> dict:
+                     weight: float = 1.0, dtype: torch.dtype = torch.float32,
+                     distillation_weight: float = 1.0) -> dict:
     """Write out/: a copy of the student model folder with the transferred UNet (or, for a
     UNet-only student, out/unet/ and out/student.json to load over teacher_after with
     --unet); returns the record added to student.json's "transfers"."""
@@ -89,12 +100,13 @@ def transfer_student(student: str, teacher_before: str, teacher_after: str, out:
     student_unet = load_unet(student, base.unet, pooled_width, dtype)
     before_unet = load_unet(teacher_before, base.unet, pooled_width, dtype)
     state = transferred_state(student_unet.state_dict(), before_unet.state_dict(),
-                              base.unet.state_dict(), weight)
+                              base.unet.state_dict(), weight, distillation_weight)
     del before_unet, base
     student_unet.load_state_dict(state)
     config = student_config_of(student)
     record = {"teacher_before": teacher_before, "teacher_after": teacher_after,
-              "weight": weight, "date": datetime.date.today().isoformat()}
+              "weight": weight, "distillation_weight": distillation_weight,
+              "date": datetime.date.today().isoformat()}
     earlier = config.get("transfers")
     config["transfers"] = [*(earlier if isinstance(earlier, list) else []), record]
     whole_model = is_model_folder(student)

@@ -41,6 +41,17 @@ def test_transferred_state_is_the_weighted_sum_in_the_students_dtype():
     assert state["n"].tolist() == [3]  # integer buffers stay the student's
 
 
+def test_a_distillation_weight_keeps_that_share_of_the_students_own_change():
+    student = {"w": torch.tensor([1.0, 2.0])}
+    before = {"w": torch.tensor([0.5, 0.5])}
+    after = {"w": torch.tensor([1.5, 0.0])}
+    # before + 0.6 (student - before) + 1 (after - before)
+    assert transferred_state(student, before, after, 1.0, 0.6)["w"].tolist() == \
+        pytest.approx([1.8, 0.9])
+    # weight 0, distillation weight 0: the teacher the student was distilled from
+    assert transferred_state(student, before, after, 0.0, 0.0)["w"].tolist() == [0.5, 0.5]
+
+
 def test_a_student_folder_follows_its_teacher(tiny_student_dir, tmp_path, capsys):
     before = tiny_student_dir  # a DMD student starts at its teacher's weights
     student = perturbed_copy(tiny_student_dir, tmp_path / "student", seed=1)
@@ -58,6 +69,7 @@ def test_a_student_folder_follows_its_teacher(tiny_student_dir, tmp_path, capsys
     config = json.loads((out / "student.json").read_text())
     assert config["timesteps"] == [999] and config["teacher"] == str(after)
     assert config["transfers"][0]["weight"] == 1.0
+    assert config["transfers"][0]["distillation_weight"] == 1.0
     image = tmp_path / "frame.png"
     assert run_in_process(capsys, "generate", "--model", out, "--prompt", "red apple",
                           "--out", image).returncode == 0
@@ -68,6 +80,15 @@ def test_a_student_folder_follows_its_teacher(tiny_student_dir, tmp_path, capsys
                           "--teacher-after", after, "--out", unchanged, "--weight", 0,
                           "--precision", "fp32").returncode == 0
     assert all(torch.equal(unet_of(unchanged)[key], s[key]) for key in s)
+
+    undistilled = tmp_path / "undistilled"  # none of the distillation kept: teacher-after
+    assert run_in_process(capsys, "transfer", "--student", student, "--teacher-before", before,
+                          "--teacher-after", after, "--out", undistilled,
+                          "--distillation-weight", 0, "--precision", "fp32").returncode == 0
+    for key in s:
+        torch.testing.assert_close(unet_of(undistilled)[key], a[key], rtol=0, atol=1e-6)
+    record = json.loads((undistilled / "student.json").read_text())["transfers"][-1]
+    assert record["distillation_weight"] == 0.0
 
 
 def test_a_unet_file_student_moves_onto_a_fine_tune_of_a_single_file_base(
@@ -93,7 +114,7 @@ def test_a_unet_file_student_moves_onto_a_fine_tune_of_a_single_file_base(
     assert json.loads(info.stdout)["student"]["timesteps"] == [399]
 
 
-@pytest.mark.parametrize("problem", ["architecture", "exists", "weight"])
+@pytest.mark.parametrize("problem", ["architecture", "exists", "weight", "distillation"])
 def test_bad_transfers_are_one_sentence(problem, tiny_student_dir, tiny_sketch_model_dir,
                                         tmp_path, capsys):
     after = {"architecture": tiny_sketch_model_dir}.get(problem, tiny_student_dir)
@@ -102,11 +123,13 @@ def test_bad_transfers_are_one_sentence(problem, tiny_student_dir, tiny_sketch_m
     if problem == "exists":
         out.mkdir()
     weight = 9 if problem == "weight" else 1
+    kept = "nan" if problem == "distillation" else 1
     result = run_in_process(capsys, "transfer", "--student", tiny_student_dir,
                             "--teacher-before", tiny_student_dir, "--teacher-after", after,
-                            "--out", out, "--weight", weight)
+                            "--out", out, "--weight", weight, "--distillation-weight", kept)
     fragment = {"architecture": "not one UNet architecture", "exists": "already exists",
-                "weight": "--weight must be"}[problem]
+                "weight": "--weight must be",
+                "distillation": "--distillation-weight must be"}[problem]
     assert_clean_error(result, fragment)
     assert problem == "exists" or not out.exists()
     unchanged = unet_of(tiny_student_dir)
