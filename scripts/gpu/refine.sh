@@ -10,7 +10,7 @@
 # student against the new teacher (its deltas are then to the new teacher).
 # Knobs: MINUTES, BATCH, LR, RATIO, PAIRS, STEPS_PER_CHECKPOINT, CRITIC_WARMUP, EMA,
 # TEACHER_MIN, TEACHER_BATCH, TEACHER_LR, RECALL_NAMES, PHRASES, STUDENT_TIMESTEPS (the distill's student schedule,
-# 999; 999,299 for the shipped two-step default).
+# 999; 999,399 for the shipped two-step default).
 # The first H100 run (2026-11-26) ran BATCH=128 at ~1.2 steps/s, probably bound by kernel launches (not profiled; a 17M UNet
 # on 16x16 latents), so a larger batch should cost little more time per step.
 set -uo pipefail
