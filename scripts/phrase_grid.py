@@ -60,9 +60,9 @@ def main() -> int:
     for start in range(0, len(prompts), 8):
         texts = prompts[start:start + 8]
         rows = [row(teacher, texts, teacher_steps=args.teacher_steps, guidance=args.guidance),
-                row(student, texts)]
+                row(student, texts, steps=student.default_steps)]
         if args.as_typed:
-            rows.append(row(student, texts, match_prompt=False))
+            rows.append(row(student, texts, steps=student.default_steps, match_prompt=False))
         blocks.append(labelled_grid(rows, texts))
     width = max(block.width for block in blocks)
     grid = Image.new("RGB", (width, sum(block.height for block in blocks)), "white")
